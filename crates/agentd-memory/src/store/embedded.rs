@@ -1,0 +1,1108 @@
+//! [`EmbeddedStore`]: the memory store on local disk.
+//!
+//! Layout of a store directory:
+//! - `STORE`: a marker with the format name and on-disk schema version (written first);
+//! - `items/`: sled, the source of truth: items, their embeddings, store metadata;
+//! - `text/`: tantivy, the BM25 index, derived from sled and caught up on open.
+//!
+//! Keys in sled: `i<id>` item record, `v<id>` embedding (f32 little-endian), `m<name>` metadata,
+//! `d<namespace>` a namespace deletion not yet applied to the text index.
+//!
+//! A write goes: validate, count tokens and embed (outside any lock, in parallel), then under the
+//! writer lock: add to tantivy and commit, apply one atomic sled batch and fsync, then publish to
+//! the in-memory catalog and vectors. The text index is committed *before* sled so a failing
+//! index write leaves nothing stored; a crash in between leaves index documents without items,
+//! which the catalog never admits and which are replaced if their sequence number is reused. On
+//! open, items newer than the text index's watermark are re-indexed, so a lost or rolled-back
+//! text index is repaired without duplicates.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use parking_lot::{Condvar, Mutex, RwLock};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use tantivy::IndexWriter;
+
+use super::catalog::{Catalog, CompiledFilter, Sym};
+use super::text::{Pushdown, TextIndex};
+use super::vectors::VectorIndex;
+use super::{MemoryStore, NamespaceStats, Page, SearchHit, SearchMode, SearchQuery};
+use crate::embed::Embedder;
+use crate::error::{MemoryError, Result};
+use crate::filter::Filter;
+use crate::item::{ItemId, MemoryItem, NewItem, Timestamp};
+use crate::tokens::TokenCounter;
+use crate::vector::hnsw::HnswParams;
+
+/// The on-disk schema this build writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+const FORMAT: &str = "agentd-memory";
+const MARKER: &str = "STORE";
+/// Record encoding version (first byte of every item record).
+const RECORD_V1: u8 = 1;
+/// Reciprocal rank fusion constant.
+const RRF_K: f32 = 60.0;
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// After an fsync of the batch (the default): an acknowledged item survives power loss.
+    #[default]
+    Fsync,
+    /// After the write reaches the OS; sled flushes every `flush_every_ms` in the background. An
+    /// acknowledged item survives a process crash but maybe not a machine crash.
+    Background {
+        /// Background flush interval.
+        flush_every_ms: u64,
+    },
+}
+
+/// How to open an [`EmbeddedStore`].
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// Embedder for items and queries; recorded in the store on creation.
+    pub embedder: Arc<dyn Embedder>,
+    /// Token counter; recorded in the store on creation.
+    pub token_counter: Arc<dyn TokenCounter>,
+    /// When writes are acknowledged.
+    pub durability: Durability,
+    /// sled page cache, in bytes.
+    pub cache_bytes: u64,
+    /// HNSW parameters for large namespaces.
+    pub hnsw: HnswParams,
+    /// HNSW search breadth (candidates kept while walking the graph).
+    pub ef_search: usize,
+    /// Namespaces with at least this many items get an HNSW graph; smaller ones are searched
+    /// exactly.
+    pub ann_min_rows: usize,
+}
+
+impl StoreOptions {
+    /// Options with the given embedder and token counter and default everything else.
+    pub fn new(embedder: Arc<dyn Embedder>, token_counter: Arc<dyn TokenCounter>) -> Self {
+        let hnsw = HnswParams::default();
+        StoreOptions {
+            embedder,
+            token_counter,
+            durability: Durability::Fsync,
+            cache_bytes: 256 * 1024 * 1024,
+            ef_search: hnsw.ef_search,
+            hnsw,
+            ann_min_rows: super::vectors::ANN_MIN_ROWS,
+        }
+    }
+
+    /// Sets the durability.
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Marker {
+    format: String,
+    schema_version: u32,
+}
+
+/// Catalog and vectors, published together under one lock.
+struct State {
+    catalog: Catalog,
+    vectors: VectorIndex,
+}
+
+/// What only the (single) writer touches.
+struct Writer {
+    index: IndexWriter,
+    next_seq: u64,
+}
+
+/// Shared between the store and its background graph builder.
+struct Shared {
+    state: RwLock<State>,
+    /// Set when the builder should look for work or stop.
+    wake: Mutex<bool>,
+    wake_cv: Condvar,
+    shutdown: std::sync::atomic::AtomicBool,
+}
+
+/// The memory store on local disk. See the module docs for its layout and write protocol.
+pub struct EmbeddedStore {
+    path: PathBuf,
+    db: sled::Db,
+    text: TextIndex,
+    writer: Mutex<Writer>,
+    shared: Arc<Shared>,
+    builder: Option<JoinHandle<()>>,
+    embedder: Arc<dyn Embedder>,
+    token_counter: Arc<dyn TokenCounter>,
+    durability: Durability,
+    ef_search: usize,
+}
+
+fn item_key(id: &ItemId) -> [u8; 17] {
+    let mut k = [0u8; 17];
+    k[0] = b'i';
+    k[1..].copy_from_slice(id.as_bytes());
+    k
+}
+
+fn vector_key(id: &ItemId) -> [u8; 17] {
+    let mut k = item_key(id);
+    k[0] = b'v';
+    k
+}
+
+fn meta_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + name.len());
+    k.push(b'm');
+    k.extend_from_slice(name.as_bytes());
+    k
+}
+
+fn deletion_key(namespace: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + namespace.len());
+    k.push(b'd');
+    k.extend_from_slice(namespace.as_bytes());
+    k
+}
+
+fn encode_item(item: &MemoryItem) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + item.content.len());
+    out.push(RECORD_V1);
+    rmp_serde::encode::write(&mut out, item).expect("encoding to a Vec cannot fail");
+    out
+}
+
+fn encode_vector(v: &[f32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out
+}
+
+fn decode_vector(bytes: &[u8], dim: usize) -> Option<Vec<f32>> {
+    if bytes.len() != dim * 4 {
+        return None;
+    }
+    Some(
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+    )
+}
+
+impl EmbeddedStore {
+    /// Opens the store in `path`, creating it if the directory is new or empty.
+    ///
+    /// Errors: [`MemoryError::ForeignDirectory`] for a non-empty directory that is not a store,
+    /// [`MemoryError::UnsupportedSchema`], [`MemoryError::ConfigMismatch`] when the embedder or
+    /// token counter differs from the one the store was created with,
+    /// [`MemoryError::Locked`] when another process has it open, [`MemoryError::Corrupt`].
+    pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
+        let path = path.as_ref().to_owned();
+        let created = prepare_directory(&path)?;
+        let db = open_sled(&path, &options)?;
+        check_meta(&path, &db, &options, created)?;
+
+        let (text, mut index_writer) = TextIndex::open(&path.join("text"))?;
+        let dim = options.embedder.dimension();
+        let mut state = State {
+            catalog: Catalog::default(),
+            vectors: VectorIndex::new(dim, options.hnsw.clone(), options.ann_min_rows),
+        };
+        let mut max_seq = load(&path, &db, &mut state, dim)?;
+
+        // Catch the text index up: pending namespace deletions, then items it has not seen.
+        let watermark = text.watermark()?;
+        let mut repaired = false;
+        for entry in db.scan_prefix(b"d") {
+            let (key, _) = entry?;
+            let ns = String::from_utf8_lossy(&key[1..]).into_owned();
+            text.delete_namespace(&index_writer, &ns);
+            repaired = true;
+        }
+        let mut behind = 0usize;
+        for (_, space) in state.vectors.spaces.iter() {
+            for &slot in &space.slots {
+                let entry = state.catalog.entry(slot);
+                if entry.seq > watermark {
+                    let item =
+                        read_item(&path, &db, &entry.id)?.ok_or_else(|| MemoryError::Corrupt {
+                            path: path.clone(),
+                            reason: format!("item {} is in the catalog but not in sled", entry.id),
+                        })?;
+                    text.add(&index_writer, &item)?;
+                    behind += 1;
+                }
+            }
+        }
+        let stored_next: u64 = db
+            .get(meta_key("next_seq"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(1);
+        max_seq = max_seq.max(watermark);
+        let next_seq = stored_next.max(max_seq + 1);
+        if repaired || behind > 0 {
+            tracing::info!(
+                path = %path.display(),
+                behind,
+                watermark,
+                "catching up the text index"
+            );
+            text.commit(&mut index_writer, next_seq - 1)?;
+            let mut batch = sled::Batch::default();
+            for entry in db.scan_prefix(b"d") {
+                batch.remove(entry?.0);
+            }
+            db.apply_batch(batch)?;
+            db.flush()?;
+        }
+
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            wake: Mutex::new(true),
+            wake_cv: Condvar::new(),
+            shutdown: std::sync::atomic::AtomicBool::new(false),
+        });
+        let builder = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("agentd-hnsw".into())
+                .spawn(move || build_graphs(&shared))
+                .map_err(|e| MemoryError::io("starting the vector index builder", e))?
+        };
+        Ok(EmbeddedStore {
+            path,
+            db,
+            text,
+            writer: Mutex::new(Writer {
+                index: index_writer,
+                next_seq,
+            }),
+            shared,
+            builder: Some(builder),
+            embedder: options.embedder,
+            token_counter: options.token_counter,
+            durability: options.durability,
+            ef_search: options.ef_search,
+        })
+    }
+
+    /// The store's directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Blocks until every large namespace's HNSW graph covers all its rows (benchmarks use this
+    /// to measure the steady state; searches never need it).
+    pub fn wait_for_vector_index(&self) {
+        loop {
+            let backlog = self.shared.state.read().vectors.ann_backlog();
+            if backlog.is_empty() {
+                return;
+            }
+            self.wake_builder();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Exact top-`k` by cosine, scanning every admitted vector: the ground truth for measuring
+    /// the recall of [`MemoryStore::search`] in [`SearchMode::Vector`]. Returns (id, cosine).
+    pub fn exact_vector_search(
+        &self,
+        query: &[f32],
+        filter: &Filter,
+        k: usize,
+    ) -> Vec<(ItemId, f32)> {
+        let state = self.shared.state.read();
+        let compiled = state.catalog.compile(filter);
+        let mut hits: Vec<(ItemId, f32)> = Vec::new();
+        for ns in state.catalog.namespaces_of(&compiled) {
+            let Some(space) = state.vectors.spaces.get(&ns) else {
+                continue;
+            };
+            let catalog = &state.catalog;
+            let found =
+                crate::vector::hnsw::exact_top_k(&space.data, state.vectors.dim, query, k, |row| {
+                    catalog.matches(&compiled, catalog.entry(space.slots[row as usize]))
+                });
+            hits.extend(
+                found
+                    .into_iter()
+                    .map(|(row, s)| (catalog.entry(space.slots[row as usize]).id, s)),
+            );
+        }
+        hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1));
+        hits.truncate(k);
+        hits
+    }
+
+    /// Total bytes the store occupies on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        dir_size(&self.path)
+    }
+
+    fn wake_builder(&self) {
+        *self.shared.wake.lock() = true;
+        self.shared.wake_cv.notify_one();
+    }
+
+    fn read(&self, id: &ItemId) -> Result<Option<MemoryItem>> {
+        let Some(mut item) = read_item(&self.path, &self.db, id)? else {
+            return Ok(None);
+        };
+        let state = self.shared.state.read();
+        match state.catalog.slot_of_id(id) {
+            Some(slot) => item.superseded = state.catalog.entry(slot).superseded,
+            // In sled but not in the catalog: a write that is not yet published.
+            None => return Ok(None),
+        }
+        Ok(Some(item))
+    }
+
+    fn read_slots(&self, slots: &[u32], state: &State) -> Result<Vec<MemoryItem>> {
+        slots
+            .iter()
+            .map(|&slot| {
+                let entry = state.catalog.entry(slot);
+                let mut item = read_item(&self.path, &self.db, &entry.id)?.ok_or_else(|| {
+                    MemoryError::Corrupt {
+                        path: self.path.clone(),
+                        reason: format!("item {} is in the catalog but not in sled", entry.id),
+                    }
+                })?;
+                item.superseded = entry.superseded;
+                Ok(item)
+            })
+            .collect()
+    }
+
+    /// BM25 top-k as (slot, score).
+    fn bm25(
+        &self,
+        state: &State,
+        filter: &CompiledFilter,
+        raw: &Filter,
+        text: &str,
+        k: usize,
+    ) -> Result<Vec<(u32, f32)>> {
+        let namespaces = state.catalog.namespaces_of(filter);
+        // Push the namespace restriction into tantivy only when it narrows the search: scoring
+        // the intersection costs more than checking the catalog when the namespaces hold most
+        // of the store.
+        let in_ns = state.catalog.count_in(&namespaces);
+        let ns_names: Vec<&str> = if raw.namespaces.is_empty() || in_ns * 2 > state.catalog.len() {
+            Vec::new()
+        } else {
+            raw.namespaces.iter().map(String::as_str).collect()
+        };
+        let kind_names: Vec<&str> = raw.kinds.iter().map(|k| k.as_str()).collect();
+        let pushdown = Pushdown {
+            namespaces: &ns_names,
+            kinds: &kind_names,
+        };
+        let catalog = &state.catalog;
+        let hits = self.text.search(text, &pushdown, k, |seq| {
+            catalog.matches_seq(filter, seq).is_some()
+        })?;
+        Ok(hits
+            .into_iter()
+            .filter_map(|(seq, score)| Some((catalog.slot_of_seq(seq)?, score)))
+            .collect())
+    }
+
+    fn vector_hits(
+        &self,
+        state: &State,
+        filter: &CompiledFilter,
+        query: &SearchQuery<'_>,
+        k: usize,
+    ) -> Result<Vec<(u32, f32)>> {
+        let owned;
+        let vector = match query.vector {
+            Some(v) => {
+                if v.len() != self.embedder.dimension() {
+                    return Err(MemoryError::invalid(
+                        "query vector",
+                        format!(
+                            "has {} dimensions; the store's embedder `{}` makes {}",
+                            v.len(),
+                            self.embedder.name(),
+                            self.embedder.dimension()
+                        ),
+                    ));
+                }
+                v
+            }
+            None => {
+                owned = self.embedder.embed_query(query.text)?;
+                &owned[..]
+            }
+        };
+        let namespaces = state.catalog.namespaces_of(filter);
+        Ok(state.vectors.search(
+            &state.catalog,
+            filter,
+            &namespaces,
+            vector,
+            k,
+            self.ef_search,
+        ))
+    }
+}
+
+impl MemoryStore for EmbeddedStore {
+    fn put_batch(&self, items: Vec<NewItem>) -> Result<Vec<MemoryItem>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (i, item) in items.iter().enumerate() {
+            item.validate().map_err(|e| match e {
+                MemoryError::Invalid { field, reason } => MemoryError::Invalid {
+                    field,
+                    reason: if items.len() > 1 {
+                        format!("{reason} (item {i} of the batch)")
+                    } else {
+                        reason
+                    },
+                },
+                other => other,
+            })?;
+        }
+        // The expensive, lock-free part: tokens and embeddings, in parallel.
+        let counter = &self.token_counter;
+        let tokens: Vec<u32> = items
+            .par_iter()
+            .map(|i| counter.count(&i.content))
+            .collect();
+        let vectors = embed_parallel(self.embedder.as_ref(), &items)?;
+
+        let mut writer = self.writer.lock();
+        // Assign ids, sequence numbers and versions.
+        let now = Timestamp::now();
+        let mut stored = Vec::with_capacity(items.len());
+        {
+            let state = self.shared.state.read();
+            let mut batch_versions: HashMap<(&str, &str), u32> = HashMap::new();
+            for (item, tokens) in items.iter().zip(&tokens) {
+                let version = match item.key.as_deref() {
+                    None => 1,
+                    Some(key) => {
+                        let prev = batch_versions
+                            .get(&(item.namespace.as_str(), key))
+                            .copied()
+                            .or_else(|| {
+                                state
+                                    .catalog
+                                    .current_version(&item.namespace, key)
+                                    .map(|(_, v)| v)
+                            });
+                        let v = prev.map_or(1, |p| p + 1);
+                        batch_versions.insert((item.namespace.as_str(), key), v);
+                        v
+                    }
+                };
+                let seq = writer.next_seq;
+                writer.next_seq += 1;
+                stored.push(MemoryItem {
+                    id: ItemId::new_v7(),
+                    seq,
+                    namespace: item.namespace.clone(),
+                    kind: item.kind.clone(),
+                    content: item.content.clone(),
+                    payload: item.payload.clone(),
+                    producer: item.producer.clone(),
+                    stage: item.stage.clone(),
+                    tags: item.tags.clone(),
+                    key: item.key.clone(),
+                    version,
+                    confidence: item.confidence,
+                    created_at: now,
+                    tokens: *tokens,
+                    readers: item.readers.clone(),
+                    superseded: false,
+                });
+            }
+        }
+        drop(items);
+        let last_seq = writer.next_seq - 1;
+
+        // 1. Text index first: if it fails, nothing is stored.
+        let indexed = stored
+            .iter()
+            .try_for_each(|item| self.text.add(&writer.index, item))
+            .and_then(|()| self.text.commit(&mut writer.index, last_seq));
+        if let Err(e) = indexed {
+            let _ = writer.index.rollback();
+            return Err(e);
+        }
+
+        // 2. sled, atomically, then fsync.
+        let mut batch = sled::Batch::default();
+        for (item, vector) in stored.iter().zip(&vectors) {
+            batch.insert(&item_key(&item.id)[..], encode_item(item));
+            batch.insert(&vector_key(&item.id)[..], encode_vector(vector));
+        }
+        batch.insert(meta_key("next_seq"), &writer.next_seq.to_be_bytes()[..]);
+        self.db.apply_batch(batch)?;
+        if self.durability == Durability::Fsync {
+            self.db.flush()?;
+        }
+
+        // 3. Publish.
+        let mut grew_large = false;
+        {
+            let mut state = self.shared.state.write();
+            let State {
+                catalog,
+                vectors: vindex,
+            } = &mut *state;
+            for (item, vector) in stored.iter().zip(&vectors) {
+                let ns = catalog.syms.intern(&item.namespace);
+                let row = vindex.next_row(ns);
+                let slot = catalog.insert(item, row);
+                vindex.push(ns, slot, vector);
+                grew_large |= vindex.spaces[&ns].ann.is_some();
+            }
+            // A later item of the batch may supersede an earlier one.
+            for item in &mut stored {
+                if item.key.is_some()
+                    && let Some(slot) = catalog.slot_of_id(&item.id)
+                {
+                    item.superseded = catalog.entry(slot).superseded;
+                }
+            }
+        }
+        drop(writer);
+        if grew_large {
+            self.wake_builder();
+        }
+        Ok(stored)
+    }
+
+    fn get(&self, id: ItemId) -> Result<Option<MemoryItem>> {
+        self.read(&id)
+    }
+
+    fn list(&self, filter: &Filter, page: &Page) -> Result<Vec<MemoryItem>> {
+        let state = self.shared.state.read();
+        let compiled = state.catalog.compile(filter);
+        let namespaces = state.catalog.namespaces_of(&compiled);
+        let mut slots: Vec<u32> = Vec::new();
+        for ns in &namespaces {
+            if let Some(entries) = state.catalog.namespaces.get(ns) {
+                slots.extend(entries.slots.iter().copied().filter(|&s| {
+                    let e = state.catalog.entry(s);
+                    state.catalog.matches(&compiled, e)
+                        && page.after_seq.is_none_or(|after| {
+                            if page.newest_first {
+                                e.seq < after
+                            } else {
+                                e.seq > after
+                            }
+                        })
+                }));
+            }
+        }
+        let seq_of = |s: &u32| state.catalog.entry(*s).seq;
+        if page.newest_first {
+            slots.sort_unstable_by_key(|s| std::cmp::Reverse(seq_of(s)));
+        } else {
+            slots.sort_unstable_by_key(seq_of);
+        }
+        slots.truncate(page.limit);
+        self.read_slots(&slots, &state)
+    }
+
+    fn count(&self, filter: &Filter) -> Result<usize> {
+        let state = self.shared.state.read();
+        let compiled = state.catalog.compile(filter);
+        let namespaces = state.catalog.namespaces_of(&compiled);
+        Ok(namespaces
+            .iter()
+            .filter_map(|ns| state.catalog.namespaces.get(ns))
+            .flat_map(|n| n.slots.iter())
+            .filter(|&&s| state.catalog.matches(&compiled, state.catalog.entry(s)))
+            .count())
+    }
+
+    fn history(&self, namespace: &str, key: &str) -> Result<Vec<MemoryItem>> {
+        let state = self.shared.state.read();
+        let slots = state.catalog.history(namespace, key);
+        self.read_slots(&slots, &state)
+    }
+
+    fn search(&self, query: &SearchQuery<'_>, filter: &Filter, k: usize) -> Result<Vec<SearchHit>> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        // Embed before taking the lock.
+        let owned_vector;
+        let query = if query.mode != SearchMode::Bm25 && query.vector.is_none() {
+            owned_vector = self.embedder.embed_query(query.text)?;
+            SearchQuery {
+                vector: Some(&owned_vector),
+                ..query.clone()
+            }
+        } else {
+            query.clone()
+        };
+        let state = self.shared.state.read();
+        let compiled = state.catalog.compile(filter);
+        let ranked: Vec<(u32, f32, Option<f32>, Option<f32>)> = match query.mode {
+            SearchMode::Bm25 => self
+                .bm25(&state, &compiled, filter, query.text, k)?
+                .into_iter()
+                .map(|(s, score)| (s, score, Some(score), None))
+                .collect(),
+            SearchMode::Vector => self
+                .vector_hits(&state, &compiled, &query, k)?
+                .into_iter()
+                .map(|(s, score)| (s, score, None, Some(score)))
+                .collect(),
+            SearchMode::Hybrid => {
+                let depth = (k * 2).max(20);
+                let lexical = self.bm25(&state, &compiled, filter, query.text, depth)?;
+                let semantic = self.vector_hits(&state, &compiled, &query, depth)?;
+                fuse(&state.catalog, &lexical, &semantic, k)
+            }
+        };
+        let slots: Vec<u32> = ranked.iter().map(|r| r.0).collect();
+        let items = self.read_slots(&slots, &state)?;
+        Ok(items
+            .into_iter()
+            .zip(ranked)
+            .map(|(item, (_, score, bm25, cosine))| SearchHit {
+                item,
+                score,
+                bm25,
+                cosine,
+            })
+            .collect())
+    }
+
+    fn embeddings(&self, ids: &[ItemId]) -> Result<Vec<Option<Vec<f32>>>> {
+        let state = self.shared.state.read();
+        Ok(ids
+            .iter()
+            .map(|id| {
+                let slot = state.catalog.slot_of_id(id)?;
+                let e = state.catalog.entry(slot);
+                state.vectors.vector(e.ns, e.row).map(<[f32]>::to_vec)
+            })
+            .collect())
+    }
+
+    fn delete_namespace(&self, namespace: &str) -> Result<usize> {
+        let mut writer = self.writer.lock();
+        let ids: Vec<ItemId> = {
+            let state = self.shared.state.read();
+            let ns = state.catalog.syms.get(namespace);
+            state
+                .catalog
+                .namespaces
+                .get(&ns)
+                .map(|n| n.slots.iter().map(|&s| state.catalog.entry(s).id).collect())
+                .unwrap_or_default()
+        };
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        // 1. sled: remove items and leave a marker until the text index has caught up.
+        let mut batch = sled::Batch::default();
+        for id in &ids {
+            batch.remove(&item_key(id)[..]);
+            batch.remove(&vector_key(id)[..]);
+        }
+        batch.insert(deletion_key(namespace), &[][..]);
+        self.db.apply_batch(batch)?;
+        self.db.flush()?;
+        // 2. Unpublish.
+        {
+            let mut state = self.shared.state.write();
+            let ns = state.catalog.syms.get(namespace);
+            state.catalog.remove_namespace(namespace);
+            state.vectors.remove_namespace(ns);
+        }
+        // 3. Text index, then drop the marker. A crash before this is repaired on open; until
+        // then stale documents are invisible because the catalog no longer admits them.
+        self.text.delete_namespace(&writer.index, namespace);
+        let watermark = writer.next_seq - 1;
+        self.text.commit(&mut writer.index, watermark)?;
+        self.db.remove(deletion_key(namespace))?;
+        if self.durability == Durability::Fsync {
+            self.db.flush()?;
+        }
+        Ok(ids.len())
+    }
+
+    fn namespaces(&self) -> Result<Vec<NamespaceStats>> {
+        let state = self.shared.state.read();
+        let mut out: Vec<NamespaceStats> = state
+            .catalog
+            .namespaces
+            .iter()
+            .map(|(ns, entries)| NamespaceStats {
+                namespace: state.catalog.syms.name(*ns).to_owned(),
+                items: entries.slots.len(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
+        Ok(out)
+    }
+
+    fn embedder(&self) -> &Arc<dyn Embedder> {
+        &self.embedder
+    }
+
+    fn token_counter(&self) -> &Arc<dyn TokenCounter> {
+        &self.token_counter
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.wake_builder();
+        if let Some(handle) = self.builder.take() {
+            let _ = handle.join();
+        }
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(path = %self.path.display(), error = %e, "flushing the store on close");
+        }
+    }
+}
+
+/// Reciprocal rank fusion: each list contributes 1 / (RRF_K + rank).
+fn fuse(
+    catalog: &Catalog,
+    lexical: &[(u32, f32)],
+    semantic: &[(u32, f32)],
+    k: usize,
+) -> Vec<(u32, f32, Option<f32>, Option<f32>)> {
+    let mut fused: HashMap<u32, (f32, Option<f32>, Option<f32>)> = HashMap::new();
+    for (rank, &(slot, score)) in lexical.iter().enumerate() {
+        let e = fused.entry(slot).or_default();
+        e.0 += 1.0 / (RRF_K + rank as f32 + 1.0);
+        e.1 = Some(score);
+    }
+    for (rank, &(slot, score)) in semantic.iter().enumerate() {
+        let e = fused.entry(slot).or_default();
+        e.0 += 1.0 / (RRF_K + rank as f32 + 1.0);
+        e.2 = Some(score);
+    }
+    let mut out: Vec<(u32, f32, Option<f32>, Option<f32>)> = fused
+        .into_iter()
+        .map(|(slot, (score, b, c))| (slot, score, b, c))
+        .collect();
+    out.sort_unstable_by(|a, b| {
+        b.1.total_cmp(&a.1)
+            .then_with(|| catalog.entry(a.0).seq.cmp(&catalog.entry(b.0).seq))
+    });
+    out.truncate(k);
+    out
+}
+
+/// Embeds the batch's contents, splitting large batches across threads.
+fn embed_parallel(embedder: &dyn Embedder, items: &[NewItem]) -> Result<Vec<Vec<f32>>> {
+    const CHUNK: usize = 256;
+    let texts: Vec<&str> = items.iter().map(|i| i.content.as_str()).collect();
+    let vectors: Vec<Vec<f32>> = if texts.len() <= CHUNK {
+        embedder.embed_batch(&texts)?
+    } else {
+        let chunks: Vec<Vec<Vec<f32>>> = texts
+            .par_chunks(CHUNK)
+            .map(|chunk| embedder.embed_batch(chunk))
+            .collect::<std::result::Result<_, _>>()?;
+        chunks.into_iter().flatten().collect()
+    };
+    let dim = embedder.dimension();
+    if vectors.len() != texts.len() || vectors.iter().any(|v| v.len() != dim) {
+        return Err(MemoryError::invalid(
+            "embedder output",
+            format!(
+                "embedder `{}` returned {} vectors for {} texts (or a vector of the wrong size)",
+                embedder.name(),
+                vectors.len(),
+                texts.len()
+            ),
+        ));
+    }
+    Ok(vectors)
+}
+
+/// Validates the directory: returns whether the store is being created.
+fn prepare_directory(path: &Path) -> Result<bool> {
+    if path.exists() && !path.is_dir() {
+        return Err(MemoryError::ForeignDirectory {
+            path: path.to_owned(),
+        });
+    }
+    let marker_path = path.join(MARKER);
+    match std::fs::read(&marker_path) {
+        Ok(bytes) => {
+            let marker: Marker =
+                serde_json::from_slice(&bytes).map_err(|e| MemoryError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("{MARKER} marker is unreadable: {e}"),
+                })?;
+            if marker.format != FORMAT {
+                return Err(MemoryError::ForeignDirectory {
+                    path: path.to_owned(),
+                });
+            }
+            if marker.schema_version != SCHEMA_VERSION {
+                return Err(MemoryError::UnsupportedSchema {
+                    path: path.to_owned(),
+                    found: marker.schema_version,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            Ok(false)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if path.exists() {
+                let mut entries = std::fs::read_dir(path)
+                    .map_err(|e| MemoryError::io(format!("reading {}", path.display()), e))?;
+                if entries.next().is_some() {
+                    return Err(MemoryError::ForeignDirectory {
+                        path: path.to_owned(),
+                    });
+                }
+            }
+            std::fs::create_dir_all(path)
+                .map_err(|e| MemoryError::io(format!("creating {}", path.display()), e))?;
+            let marker = serde_json::to_vec_pretty(&Marker {
+                format: FORMAT.into(),
+                schema_version: SCHEMA_VERSION,
+            })
+            .expect("marker serialises");
+            write_synced(&marker_path, &marker)?;
+            Ok(true)
+        }
+        Err(e) => Err(MemoryError::io(
+            format!("reading {}", marker_path.display()),
+            e,
+        )),
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let ctx = || format!("writing {}", path.display());
+    let mut f = std::fs::File::create(path).map_err(|e| MemoryError::io(ctx(), e))?;
+    f.write_all(bytes).map_err(|e| MemoryError::io(ctx(), e))?;
+    f.sync_all().map_err(|e| MemoryError::io(ctx(), e))?;
+    if let Some(parent) = path.parent()
+        && let Ok(dir) = std::fs::File::open(parent)
+    {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+fn open_sled(path: &Path, options: &StoreOptions) -> Result<sled::Db> {
+    let flush = match options.durability {
+        Durability::Fsync => Some(1000),
+        Durability::Background { flush_every_ms } => Some(flush_every_ms.max(1)),
+    };
+    sled::Config::new()
+        .path(path.join("items"))
+        .cache_capacity(options.cache_bytes)
+        .mode(sled::Mode::HighThroughput)
+        .flush_every_ms(flush)
+        .open()
+        .map_err(|e| match e {
+            sled::Error::Io(io)
+                if io.kind() == std::io::ErrorKind::WouldBlock
+                    || io.to_string().contains("lock") =>
+            {
+                MemoryError::Locked {
+                    path: path.to_owned(),
+                    reason: io.to_string(),
+                }
+            }
+            sled::Error::Io(io) => {
+                MemoryError::io(format!("opening {}", path.join("items").display()), io)
+            }
+            other => MemoryError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("item store: {other}"),
+            },
+        })
+}
+
+/// Records the embedder and token counter on creation; checks them on every later open.
+fn check_meta(path: &Path, db: &sled::Db, options: &StoreOptions, created: bool) -> Result<()> {
+    let embedder = format!(
+        "{}/{}",
+        options.embedder.name(),
+        options.embedder.dimension()
+    );
+    let counter = options.token_counter.name().to_owned();
+    for (name, what, given) in [
+        ("embedder", "embedder", embedder),
+        ("token_counter", "token counter", counter),
+    ] {
+        match db.get(meta_key(name))? {
+            Some(stored) => {
+                let stored = String::from_utf8_lossy(&stored).into_owned();
+                if stored != given {
+                    return Err(MemoryError::ConfigMismatch {
+                        path: path.to_owned(),
+                        what,
+                        stored,
+                        given,
+                    });
+                }
+            }
+            None if created || db.is_empty() => {
+                db.insert(meta_key(name), given.as_bytes())?;
+            }
+            None => {
+                return Err(MemoryError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("store metadata `{name}` is missing"),
+                });
+            }
+        }
+    }
+    db.flush()?;
+    Ok(())
+}
+
+fn decode_item(path: &Path, bytes: &[u8]) -> Result<MemoryItem> {
+    match bytes.split_first() {
+        Some((&RECORD_V1, rest)) => rmp_serde::from_slice(rest).map_err(|e| MemoryError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("undecodable item record: {e}"),
+        }),
+        Some((v, _)) => Err(MemoryError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("item record of unknown version {v}"),
+        }),
+        None => Err(MemoryError::Corrupt {
+            path: path.to_owned(),
+            reason: "empty item record".into(),
+        }),
+    }
+}
+
+fn read_item(path: &Path, db: &sled::Db, id: &ItemId) -> Result<Option<MemoryItem>> {
+    match db.get(item_key(id))? {
+        Some(bytes) => decode_item(path, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Loads every item's metadata and vector into `state`; returns the highest sequence number.
+fn load(path: &Path, db: &sled::Db, state: &mut State, dim: usize) -> Result<u64> {
+    let mut items: Vec<(MemoryItem, Vec<f32>)> = Vec::new();
+    let mut vectors = db.scan_prefix(b"v");
+    for entry in db.scan_prefix(b"i") {
+        let (key, bytes) = entry?;
+        let item = decode_item(path, &bytes)?;
+        let (vkey, vbytes) = vectors
+            .next()
+            .transpose()?
+            .ok_or_else(|| MemoryError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("item {} has no embedding", item.id),
+            })?;
+        if vkey[1..] != key[1..] {
+            return Err(MemoryError::Corrupt {
+                path: path.to_owned(),
+                reason: format!("items and embeddings disagree near item {}", item.id),
+            });
+        }
+        let vector = decode_vector(&vbytes, dim).ok_or_else(|| MemoryError::Corrupt {
+            path: path.to_owned(),
+            reason: format!(
+                "embedding of item {} has {} bytes, expected {}",
+                item.id,
+                vbytes.len(),
+                dim * 4
+            ),
+        })?;
+        items.push((item, vector));
+    }
+    items.sort_unstable_by_key(|(item, _)| item.seq);
+    let mut max_seq = 0;
+    let State {
+        catalog,
+        vectors: vindex,
+    } = state;
+    for (item, vector) in &items {
+        let ns: Sym = catalog.syms.intern(&item.namespace);
+        let row = vindex.next_row(ns);
+        let slot = catalog.insert(item, row);
+        vindex.push(ns, slot, vector);
+        max_seq = max_seq.max(item.seq);
+    }
+    Ok(max_seq)
+}
+
+/// The background builder: keeps each large namespace's HNSW graph caught up with its rows.
+fn build_graphs(shared: &Shared) {
+    const CHUNK: usize = 512;
+    loop {
+        {
+            let mut wake = shared.wake.lock();
+            while !*wake && !shared.shutdown.load(Ordering::Acquire) {
+                shared.wake_cv.wait(&mut wake);
+            }
+            *wake = false;
+        }
+        if shared.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        loop {
+            if shared.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            // Insert one chunk under the read lock (searches go on; writers wait at most a chunk).
+            let progressed = {
+                let state = shared.state.read();
+                let mut progressed = false;
+                for ns in state.vectors.ann_backlog() {
+                    let space = &state.vectors.spaces[&ns];
+                    let Some(ann) = space.ann.as_ref() else {
+                        continue;
+                    };
+                    let done = space.ann_rows.load(Ordering::Acquire);
+                    let end = (done + CHUNK).min(space.slots.len());
+                    ann.insert_range_parallel(&space.data, done as u32..end as u32);
+                    space.ann_rows.store(end, Ordering::Release);
+                    progressed = true;
+                }
+                progressed
+            };
+            if !progressed {
+                break;
+            }
+        }
+    }
+}
+
+fn dir_size(path: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(path) else {
+        return 0;
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}

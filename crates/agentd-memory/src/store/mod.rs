@@ -1,0 +1,186 @@
+//! The memory store: the [`MemoryStore`] trait and its embedded implementation.
+//!
+//! The trait is what the router and the runtime program against; [`EmbeddedStore`] keeps
+//! everything on local disk (sled as the source of truth, tantivy for BM25, in-memory vectors
+//! loaded from sled). A networked backend (PostgreSQL) can implement the same trait later.
+//!
+//! The trait is synchronous: every call is bounded local work (an fsync at most), and the
+//! router's inner loop calls it without an executor. Async callers use `spawn_blocking` for
+//! writes.
+
+mod catalog;
+mod embedded;
+mod text;
+mod vectors;
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use embedded::{Durability, EmbeddedStore, StoreOptions};
+pub use vectors::ANN_MIN_ROWS;
+
+use crate::embed::Embedder;
+use crate::error::Result;
+use crate::filter::Filter;
+use crate::item::{ItemId, MemoryItem, NewItem};
+use crate::tokens::TokenCounter;
+
+/// How to rank search results.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchMode {
+    /// Lexical BM25 over the content (tantivy).
+    Bm25,
+    /// Cosine similarity of embeddings.
+    Vector,
+    /// Reciprocal rank fusion of BM25 and vector rankings.
+    #[default]
+    Hybrid,
+}
+
+/// A search request.
+#[derive(Clone, Debug, Default)]
+pub struct SearchQuery<'a> {
+    /// The query text (used by BM25, and embedded for vector search when `vector` is `None`).
+    pub text: &'a str,
+    /// A precomputed query embedding (from the store's embedder).
+    pub vector: Option<&'a [f32]>,
+    /// Ranking.
+    pub mode: SearchMode,
+}
+
+impl<'a> SearchQuery<'a> {
+    /// A query by text with the given mode.
+    pub fn new(text: &'a str, mode: SearchMode) -> Self {
+        SearchQuery {
+            text,
+            vector: None,
+            mode,
+        }
+    }
+
+    /// Uses a precomputed embedding.
+    pub fn with_vector(mut self, vector: &'a [f32]) -> Self {
+        self.vector = Some(vector);
+        self
+    }
+}
+
+/// One search result.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SearchHit {
+    /// The item.
+    pub item: MemoryItem,
+    /// The score the results are ordered by (BM25, cosine, or fused RRF score).
+    pub score: f32,
+    /// BM25 score, when the item was among the BM25 results.
+    pub bm25: Option<f32>,
+    /// Cosine similarity to the query embedding, when the item was among the vector results.
+    pub cosine: Option<f32>,
+}
+
+/// Paging for listings: items come in write order (oldest first unless `newest_first`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Page {
+    /// Skip items up to and including this sequence number (oldest first) or from it on
+    /// (newest first): the cursor is the `seq` of the last item of the previous page.
+    pub after_seq: Option<u64>,
+    /// At most this many items.
+    pub limit: usize,
+    /// Newest first.
+    pub newest_first: bool,
+}
+
+impl Default for Page {
+    fn default() -> Self {
+        Page {
+            after_seq: None,
+            limit: 1000,
+            newest_first: false,
+        }
+    }
+}
+
+impl Page {
+    /// The first `limit` items.
+    pub fn first(limit: usize) -> Self {
+        Page {
+            limit,
+            ..Page::default()
+        }
+    }
+
+    /// The `limit` newest items.
+    pub fn newest(limit: usize) -> Self {
+        Page {
+            limit,
+            newest_first: true,
+            ..Page::default()
+        }
+    }
+}
+
+/// Size of one namespace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NamespaceStats {
+    /// The namespace.
+    pub namespace: String,
+    /// Items in it, superseded versions included.
+    pub items: usize,
+}
+
+/// Durable, searchable shared memory.
+///
+/// Guarantees every implementation keeps:
+/// - a write returns only once its items are durable (under the configured durability), and
+///   the very next call on the same store sees them (read-your-writes);
+/// - every listing and search applies [`Filter`] exactly, including `reader`;
+/// - superseded versions are excluded unless the filter asks for them.
+pub trait MemoryStore: Send + Sync {
+    /// Writes one item.
+    fn put(&self, item: NewItem) -> Result<MemoryItem> {
+        let mut stored = self.put_batch(vec![item])?;
+        Ok(stored.pop().expect("put_batch returns one item per input"))
+    }
+
+    /// Writes items atomically: all are stored, or none (an invalid item rejects the batch).
+    /// Items come back in input order.
+    fn put_batch(&self, items: Vec<NewItem>) -> Result<Vec<MemoryItem>>;
+
+    /// One item by id (superseded or not).
+    fn get(&self, id: ItemId) -> Result<Option<MemoryItem>>;
+
+    /// Several items by id, in the same order.
+    fn get_many(&self, ids: &[ItemId]) -> Result<Vec<Option<MemoryItem>>> {
+        ids.iter().map(|id| self.get(*id)).collect()
+    }
+
+    /// Items passing `filter`, in write order, one page.
+    fn list(&self, filter: &Filter, page: &Page) -> Result<Vec<MemoryItem>>;
+
+    /// Number of items passing `filter`.
+    fn count(&self, filter: &Filter) -> Result<usize>;
+
+    /// Every version of `key` in `namespace`, oldest first.
+    fn history(&self, namespace: &str, key: &str) -> Result<Vec<MemoryItem>>;
+
+    /// The `k` best items for `query` among those passing `filter`.
+    fn search(&self, query: &SearchQuery<'_>, filter: &Filter, k: usize) -> Result<Vec<SearchHit>>;
+
+    /// The stored embeddings of items (in the store embedder's space), in the same order.
+    fn embeddings(&self, ids: &[ItemId]) -> Result<Vec<Option<Vec<f32>>>>;
+
+    /// Deletes every item of a namespace; returns how many were deleted.
+    fn delete_namespace(&self, namespace: &str) -> Result<usize>;
+
+    /// Namespaces and their sizes, sorted by name.
+    fn namespaces(&self) -> Result<Vec<NamespaceStats>>;
+
+    /// The embedder that produced the stored vectors (to embed queries and profiles alike).
+    fn embedder(&self) -> &Arc<dyn Embedder>;
+
+    /// The token counter behind every item's `tokens`.
+    fn token_counter(&self) -> &Arc<dyn TokenCounter>;
+}

@@ -1,0 +1,3 @@
+//! Vector search primitives: exact top-k and an HNSW graph.
+
+pub mod hnsw;

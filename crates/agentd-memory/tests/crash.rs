@@ -1,0 +1,129 @@
+//! Crash safety: a child process ingests batches and reports each acknowledged batch on stdout;
+//! the parent kills it with SIGKILL mid-stream, reopens the store, and checks that every
+//! acknowledged item is present exactly once and found by search.
+//!
+//! The child is this same test binary, re-run with `AGENTD_CRASH_CHILD` set, so the test needs
+//! no extra executable.
+
+mod common;
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use agentd_memory::{Filter, ItemId, Kind, MemoryStore, NewItem, Page, SearchMode, SearchQuery};
+
+const CHILD_ENV: &str = "AGENTD_CRASH_CHILD";
+const BATCH: usize = 50;
+
+/// The child: ingest forever, printing the ids of each batch once `put_batch` returned.
+#[test]
+fn crash_child() {
+    let Ok(dir) = std::env::var(CHILD_ENV) else {
+        return; // Only meaningful when spawned by the parent test.
+    };
+    let store = common::open(std::path::Path::new(&dir));
+    let mut n = 0u64;
+    loop {
+        let batch: Vec<NewItem> = (0..BATCH)
+            .map(|_| {
+                n += 1;
+                NewItem::new(
+                    "ingest",
+                    Kind::Document,
+                    format!("uniqueword{n} {}", common::synthetic_text(n)),
+                )
+            })
+            .collect();
+        let stored = store.put_batch(batch).expect("put_batch");
+        let line: Vec<String> = stored
+            .iter()
+            .map(|i| format!("{}={}", i.id, i.content.split(' ').next().unwrap()))
+            .collect();
+        println!("ACK {}", line.join(","));
+    }
+}
+
+#[test]
+fn sigkill_mid_batch_loses_no_acknowledged_item_and_duplicates_none() {
+    if std::env::var(CHILD_ENV).is_ok() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked: Vec<(ItemId, String)> = Vec::new();
+    // Kill the writer at a different point each time, reopening the same store in between.
+    for round in 0..3 {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "crash_child", "--nocapture", "--test-threads=1"])
+            .env(CHILD_ENV, dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let target = 4 + round * 3;
+        let mut batches = 0;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while batches < target && Instant::now() < deadline {
+            let Some(line) = lines.next() else { break };
+            let line = line.unwrap();
+            let Some(rest) = line.strip_prefix("ACK ") else {
+                continue;
+            };
+            for pair in rest.split(',') {
+                let (id, word) = pair.split_once('=').unwrap();
+                acked.push((id.parse().unwrap(), word.to_owned()));
+            }
+            batches += 1;
+        }
+        assert_eq!(batches, target, "the child acknowledged too few batches");
+        // Let it get into the next batch, then kill it without warning.
+        std::thread::sleep(Duration::from_millis(3 + 7 * round as u64));
+        child.kill().unwrap(); // SIGKILL on Unix
+        child.wait().unwrap();
+        // Anything printed after our last read was acknowledged too.
+        for line in lines.map_while(Result::ok) {
+            if let Some(rest) = line.strip_prefix("ACK ") {
+                for pair in rest.split(',') {
+                    let (id, word) = pair.split_once('=').unwrap();
+                    acked.push((id.parse().unwrap(), word.to_owned()));
+                }
+            }
+        }
+
+        let store = common::open(dir.path());
+        let listed = store
+            .list(&Filter::namespace("ingest"), &Page::first(usize::MAX))
+            .unwrap();
+        let ids: Vec<ItemId> = listed.iter().map(|i| i.id).collect();
+        let unique: HashSet<ItemId> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "an item is listed twice");
+        // Batches are atomic: the store holds whole batches only.
+        assert_eq!(ids.len() % BATCH, 0, "a partial batch survived");
+        for (id, word) in &acked {
+            assert!(unique.contains(id), "acknowledged item {id} was lost");
+            let hits = store
+                .search(
+                    &SearchQuery::new(word, SearchMode::Bm25),
+                    &Filter::namespace("ingest"),
+                    5,
+                )
+                .unwrap();
+            assert_eq!(
+                hits.iter().filter(|h| h.item.id == *id).count(),
+                1,
+                "{word} must find its item exactly once"
+            );
+        }
+        let hits = store
+            .search(
+                &SearchQuery::new("uniqueword1", SearchMode::Hybrid),
+                &Filter::namespace("ingest"),
+                3,
+            )
+            .unwrap();
+        assert!(!hits.is_empty());
+    }
+}

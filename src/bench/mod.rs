@@ -1,0 +1,40 @@
+//! `agentd bench ...`: benchmarks that print one JSON object, so figures can be compared across
+//! runs and machines. Goals live here, not in timed tests.
+
+pub mod memory;
+
+/// Peak resident set size of this process so far, in MiB (Linux; 0 elsewhere).
+pub fn rss_peak_mb() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// The `p`-th percentile (0..=100) of `samples`, by nearest rank; 0 for no samples.
+pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    samples.sort_unstable_by(f64::total_cmp);
+    let rank = ((p / 100.0) * samples.len() as f64).ceil() as usize;
+    samples[rank.clamp(1, samples.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let mut v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(super::percentile(&mut v, 50.0), 50.0);
+        assert_eq!(super::percentile(&mut v, 95.0), 95.0);
+        assert_eq!(super::percentile(&mut v, 100.0), 100.0);
+        assert_eq!(super::percentile(&mut [], 50.0), 0.0);
+        assert_eq!(super::percentile(&mut [3.0], 99.0), 3.0);
+    }
+}

@@ -1,0 +1,115 @@
+//! The `agentd` command-line tool.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use agentd::bench::memory::MemoryBench;
+use agentd::memory::embed::EmbedderConfig;
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// agentd: multi-agent LLM workflows over a shared memory with role-aware context routing.
+#[derive(Parser)]
+#[command(name = "agentd", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a benchmark and print its figures.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Ingest and search throughput of the memory store on a synthetic corpus.
+    Memory(MemoryArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum EmbedderKind {
+    /// Feature hashing of words and bigrams: no model needed.
+    Hashing,
+    /// all-MiniLM-L6-v2 through ONNX Runtime (run scripts/fetch-models.sh first).
+    Minilm,
+}
+
+#[derive(clap::Args)]
+struct MemoryArgs {
+    /// Documents to ingest.
+    #[arg(long, default_value_t = 100_000)]
+    items: u64,
+    /// Embedder.
+    #[arg(long, value_enum, default_value = "hashing")]
+    embedder: EmbedderKind,
+    /// Items per durable batch.
+    #[arg(long, default_value_t = 5_000)]
+    batch: usize,
+    /// Timed searches per mode.
+    #[arg(long, default_value_t = 500)]
+    queries: u64,
+    /// Queries whose vector results are compared with an exact scan.
+    #[arg(long, default_value_t = 100)]
+    recall_queries: u64,
+    /// Models directory (for --embedder minilm).
+    #[arg(long, env = "AGENTD_MODELS_DIR", default_value = ".models")]
+    models_dir: PathBuf,
+    /// Store directory (default: a temporary directory, removed afterwards).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Corpus seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Bench(Bench::Memory(args)) => bench_memory(args),
+    }
+}
+
+fn bench_memory(args: MemoryArgs) -> anyhow::Result<()> {
+    if args.items == 0 || args.batch == 0 || args.queries == 0 {
+        anyhow::bail!("--items, --batch and --queries must be at least 1");
+    }
+    let embedder = match args.embedder {
+        EmbedderKind::Hashing => EmbedderConfig::default(),
+        EmbedderKind::Minilm => EmbedderConfig::minilm_in(&args.models_dir),
+    };
+    let bench = MemoryBench {
+        items: args.items,
+        batch: args.batch,
+        queries: args.queries,
+        recall_queries: args.recall_queries,
+        k: 20,
+        embedder,
+        dir: args.dir,
+        seed: args.seed,
+    };
+    let report = bench.run(|line| eprintln!("bench memory: {line}"))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        let value = serde_json::to_value(&report)?;
+        for (k, v) in value.as_object().into_iter().flatten() {
+            println!("{k:>22}  {v}");
+        }
+    }
+    Ok(())
+}
