@@ -62,6 +62,9 @@ struct MemoryArgs {
     /// Corpus seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Namespaces from this many items get an HNSW graph (default: the store's).
+    #[arg(long)]
+    ann_min_rows: Option<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -101,6 +104,7 @@ fn bench_memory(args: MemoryArgs) -> anyhow::Result<()> {
         embedder,
         dir: args.dir,
         seed: args.seed,
+        ann_min_rows: args.ann_min_rows,
     };
     let report = bench.run(|line| eprintln!("bench memory: {line}"))?;
     if args.json {

@@ -39,6 +39,8 @@ pub struct MemoryBench {
     pub dir: Option<PathBuf>,
     /// Corpus seed.
     pub seed: u64,
+    /// Namespaces from this size get an HNSW graph (the store's default when `None`).
+    pub ann_min_rows: Option<usize>,
 }
 
 /// The figures a run produces (printed as one JSON object).
@@ -106,7 +108,10 @@ impl MemoryBench {
                 tmp.path().join("store")
             }
         };
-        let options = StoreOptions::new(Arc::clone(&embedder), default_token_counter());
+        let mut options = StoreOptions::new(Arc::clone(&embedder), default_token_counter());
+        if let Some(rows) = self.ann_min_rows {
+            options.ann_min_rows = rows;
+        }
         let store = EmbeddedStore::open(&dir, options)?;
         let corpus = Corpus::new(self.seed);
         let ns = "bench";

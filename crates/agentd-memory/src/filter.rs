@@ -30,6 +30,9 @@ pub struct Filter {
     pub tags: Vec<String>,
     /// Also return items superseded by a newer version of their key.
     pub include_superseded: bool,
+    /// Only items written at or before this sequence number: the memory as it was then (used to
+    /// replay a routing decision). Supersession is still judged against the present.
+    pub max_seq: Option<u64>,
 }
 
 impl Filter {
@@ -95,6 +98,12 @@ impl Filter {
         self
     }
 
+    /// Only items with `seq <= max_seq`.
+    pub fn as_of(mut self, max_seq: u64) -> Self {
+        self.max_seq = Some(max_seq);
+        self
+    }
+
     /// Whether a stored item passes this filter. This is the reference semantics; the store's
     /// catalog evaluates the same conditions on interned fields.
     pub fn matches(&self, item: &MemoryItem) -> bool {
@@ -110,5 +119,6 @@ impl Filter {
             && self.reader.as_ref().is_none_or(|r| item.readers.allows(r))
             && self.tags.iter().all(|t| item.tags.contains(t))
             && (self.include_superseded || !item.superseded)
+            && self.max_seq.is_none_or(|m| item.seq <= m)
     }
 }

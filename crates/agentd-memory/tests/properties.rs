@@ -64,9 +64,10 @@ fn arb_filter() -> impl Strategy<Value = Filter> {
         proptest::option::of(0..ROLES.len() + 1),
         proptest::option::of(0..2usize),
         any::<bool>(),
+        proptest::option::of(0u64..40),
     )
         .prop_map(
-            |(ns, kinds, stages, rounds, roles, reader, tag, superseded)| {
+            |(ns, kinds, stages, rounds, roles, reader, tag, superseded, max_seq)| {
                 let mut f = Filter {
                     namespaces: ns.iter().map(|i| NAMESPACES[*i].to_string()).collect(),
                     kinds: kinds.iter().map(|i| KINDS[*i].clone()).collect(),
@@ -74,6 +75,7 @@ fn arb_filter() -> impl Strategy<Value = Filter> {
                     rounds: rounds.map(|(a, b)| (a.min(b), a.max(b))),
                     producer_roles: roles.iter().map(|i| ROLES[*i].to_string()).collect(),
                     include_superseded: superseded,
+                    max_seq,
                     ..Filter::default()
                 };
                 // Index ROLES.len() stands for a role no item names.

@@ -309,6 +309,7 @@ impl Catalog {
             reader: filter.reader.as_deref().map(|r| self.syms.get(r)),
             tags,
             include_superseded: filter.include_superseded,
+            max_seq: filter.max_seq,
         }
     }
 
@@ -316,6 +317,11 @@ impl Catalog {
     #[inline]
     pub fn matches(&self, filter: &CompiledFilter, entry: &Entry) -> bool {
         if entry.superseded && !filter.include_superseded {
+            return false;
+        }
+        if let Some(max) = filter.max_seq
+            && entry.seq > max
+        {
             return false;
         }
         if let Some(ns) = &filter.namespaces
@@ -410,6 +416,7 @@ pub(crate) struct CompiledFilter {
     pub reader: Option<Sym>,
     pub tags: Vec<Sym>,
     pub include_superseded: bool,
+    pub max_seq: Option<u64>,
 }
 
 impl CompiledFilter {
@@ -423,5 +430,6 @@ impl CompiledFilter {
             && self.rounds.is_none()
             && self.reader.is_none()
             && self.tags.is_empty()
+            && self.max_seq.is_none()
     }
 }

@@ -153,9 +153,11 @@ fn item_key(id: &ItemId) -> [u8; 17] {
     k
 }
 
-fn vector_key(id: &ItemId) -> [u8; 17] {
-    let mut k = item_key(id);
-    k[0] = b'v';
+/// Key of the embedding blob of the batch whose first sequence number is `first_seq`.
+fn blob_key(first_seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'b';
+    k[1..].copy_from_slice(&first_seq.to_be_bytes());
     k
 }
 
@@ -180,24 +182,61 @@ fn encode_item(item: &MemoryItem) -> Vec<u8> {
     out
 }
 
-fn encode_vector(v: &[f32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len() * 4);
-    for x in v {
-        out.extend_from_slice(&x.to_le_bytes());
+/// One batch's embeddings in one sled value: `count: u32, dim: u32`, then `count` ids, then
+/// `count * dim` little-endian f32. A batch's items have consecutive sequence numbers, so item
+/// `seq` sits at index `seq - first_seq`. One large value costs far less to write than one key
+/// per vector.
+fn encode_blob(items: &[MemoryItem], vectors: &[Vec<f32>], dim: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + items.len() * (16 + dim * 4));
+    out.extend_from_slice(&(items.len() as u32).to_le_bytes());
+    out.extend_from_slice(&(dim as u32).to_le_bytes());
+    for item in items {
+        out.extend_from_slice(item.id.as_bytes());
+    }
+    for v in vectors {
+        for x in v {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
     }
     out
 }
 
-fn decode_vector(bytes: &[u8], dim: usize) -> Option<Vec<f32>> {
-    if bytes.len() != dim * 4 {
-        return None;
+/// A decoded embedding blob.
+struct Blob<'a> {
+    first_seq: u64,
+    count: usize,
+    dim: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> Blob<'a> {
+    fn parse(key: &[u8], bytes: &'a [u8], dim: usize) -> Option<Self> {
+        let first_seq = u64::from_be_bytes(key.get(1..9)?.try_into().ok()?);
+        let count = u32::from_le_bytes(bytes.get(0..4)?.try_into().ok()?) as usize;
+        let stored_dim = u32::from_le_bytes(bytes.get(4..8)?.try_into().ok()?) as usize;
+        if stored_dim != dim || bytes.len() != 8 + count * (16 + dim * 4) {
+            return None;
+        }
+        Some(Blob {
+            first_seq,
+            count,
+            dim,
+            bytes,
+        })
     }
-    Some(
-        bytes
+
+    fn id(&self, i: usize) -> ItemId {
+        let at = 8 + i * 16;
+        ItemId::from_bytes(self.bytes[at..at + 16].try_into().expect("16 bytes"))
+    }
+
+    fn vector(&self, i: usize) -> Vec<f32> {
+        let at = 8 + self.count * 16 + i * self.dim * 4;
+        self.bytes[at..at + self.dim * 4]
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect(),
-    )
+            .collect()
+    }
 }
 
 impl EmbeddedStore {
@@ -240,7 +279,7 @@ impl EmbeddedStore {
                             path: path.clone(),
                             reason: format!("item {} is in the catalog but not in sled", entry.id),
                         })?;
-                    text.add(&index_writer, &item)?;
+                    text.add(&index_writer, &item, true)?;
                     behind += 1;
                 }
             }
@@ -386,6 +425,50 @@ impl EmbeddedStore {
             .collect()
     }
 
+    /// Keys of the embedding blobs that hold only items of `namespace` (about to be deleted) or
+    /// items already gone.
+    fn orphaned_blobs(&self, namespace: &str, doomed: &[(ItemId, u64)]) -> Result<Vec<[u8; 9]>> {
+        let mut firsts: Vec<(u64, usize)> = Vec::new();
+        for &(_, seq) in doomed {
+            if firsts
+                .last()
+                .is_some_and(|&(f, c)| seq >= f && seq < f + c as u64)
+            {
+                continue;
+            }
+            let Some(entry) = self
+                .db
+                .range(blob_key(0)..=blob_key(seq))
+                .next_back()
+                .transpose()?
+            else {
+                continue;
+            };
+            let (key, bytes) = entry;
+            let first = u64::from_be_bytes(key[1..9].try_into().expect("9-byte key"));
+            let count = bytes.get(0..4).map_or(0, |b| {
+                u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize
+            });
+            if !firsts.iter().any(|&(f, _)| f == first) {
+                firsts.push((first, count));
+            }
+        }
+        let state = self.shared.state.read();
+        let ns = state.catalog.syms.get(namespace);
+        Ok(firsts
+            .into_iter()
+            .filter(|&(first, count)| {
+                (first..first + count as u64).all(|seq| {
+                    state
+                        .catalog
+                        .slot_of_seq(seq)
+                        .is_none_or(|slot| state.catalog.entry(slot).ns == ns)
+                })
+            })
+            .map(|(first, _)| blob_key(first))
+            .collect())
+    }
+
     /// BM25 top-k as (slot, score).
     fn bm25(
         &self,
@@ -478,23 +561,16 @@ impl MemoryStore for EmbeddedStore {
                 other => other,
             })?;
         }
-        // The expensive, lock-free part: tokens and embeddings, in parallel.
-        let counter = &self.token_counter;
-        let tokens: Vec<u32> = items
-            .par_iter()
-            .map(|i| counter.count(&i.content))
-            .collect();
-        let vectors = embed_parallel(self.embedder.as_ref(), &items)?;
-
+        let t0 = std::time::Instant::now();
         let mut writer = self.writer.lock();
         // Assign ids, sequence numbers and versions.
         let now = Timestamp::now();
-        let mut stored = Vec::with_capacity(items.len());
-        {
+        let versions: Vec<u32> = {
             let state = self.shared.state.read();
             let mut batch_versions: HashMap<(&str, &str), u32> = HashMap::new();
-            for (item, tokens) in items.iter().zip(&tokens) {
-                let version = match item.key.as_deref() {
+            items
+                .iter()
+                .map(|item| match item.key.as_deref() {
                     None => 1,
                     Some(key) => {
                         let prev = batch_versions
@@ -510,54 +586,107 @@ impl MemoryStore for EmbeddedStore {
                         batch_versions.insert((item.namespace.as_str(), key), v);
                         v
                     }
-                };
-                let seq = writer.next_seq;
-                writer.next_seq += 1;
-                stored.push(MemoryItem {
-                    id: ItemId::new_v7(),
-                    seq,
-                    namespace: item.namespace.clone(),
-                    kind: item.kind.clone(),
-                    content: item.content.clone(),
-                    payload: item.payload.clone(),
-                    producer: item.producer.clone(),
-                    stage: item.stage.clone(),
-                    tags: item.tags.clone(),
-                    key: item.key.clone(),
-                    version,
-                    confidence: item.confidence,
-                    created_at: now,
-                    tokens: *tokens,
-                    readers: item.readers.clone(),
-                    superseded: false,
-                });
-            }
-        }
-        drop(items);
-        let last_seq = writer.next_seq - 1;
+                })
+                .collect()
+        };
+        let first_seq = writer.next_seq;
+        let mut stored: Vec<MemoryItem> = items
+            .into_iter()
+            .zip(versions)
+            .enumerate()
+            .map(|(i, (item, version))| MemoryItem {
+                id: ItemId::new_v7(),
+                seq: first_seq + i as u64,
+                namespace: item.namespace,
+                kind: item.kind,
+                content: item.content,
+                payload: item.payload,
+                producer: item.producer,
+                stage: item.stage,
+                tags: item.tags,
+                key: item.key,
+                version,
+                confidence: item.confidence,
+                created_at: now,
+                tokens: 0,
+                readers: item.readers,
+                superseded: false,
+            })
+            .collect();
+        let next_seq = writer.next_seq + stored.len() as u64;
 
-        // 1. Text index first: if it fails, nothing is stored.
-        let indexed = stored
+        // 1. Queue the text index documents: tantivy's indexing thread works on them while this
+        //    thread counts tokens and embeds. Sequence numbers are fresh (never indexed, never
+        //    reused), so no delete is needed.
+        let prepared = stored
             .iter()
-            .try_for_each(|item| self.text.add(&writer.index, item))
-            .and_then(|()| self.text.commit(&mut writer.index, last_seq));
-        if let Err(e) = indexed {
+            .try_for_each(|item| self.text.add(&writer.index, item, false))
+            .and_then(|()| {
+                let counter = &self.token_counter;
+                let tokens: Vec<u32> = stored
+                    .par_iter()
+                    .map(|i| counter.count(&i.content))
+                    .collect();
+                for (item, t) in stored.iter_mut().zip(tokens) {
+                    item.tokens = t;
+                }
+                embed_parallel(self.embedder.as_ref(), &stored)
+            });
+        let vectors = match prepared {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = writer.index.rollback();
+                return Err(e);
+            }
+        };
+        let t1 = t0.elapsed();
+
+        // 2. sled, atomically, then fsync: from here on the items are durable.
+        let mut batch = sled::Batch::default();
+        for item in &stored {
+            batch.insert(&item_key(&item.id)[..], encode_item(item));
+        }
+        batch.insert(
+            &blob_key(first_seq)[..],
+            encode_blob(&stored, &vectors, self.embedder.dimension()),
+        );
+        batch.insert(meta_key("next_seq"), &next_seq.to_be_bytes()[..]);
+        if let Err(e) = self
+            .db
+            .apply_batch(batch)
+            .and_then(|()| match self.durability {
+                Durability::Fsync => self.db.flush().map(drop),
+                Durability::Background { .. } => Ok(()),
+            })
+        {
             let _ = writer.index.rollback();
+            return Err(e.into());
+        }
+        // Sequence numbers are spent even if what follows fails: never reuse one.
+        writer.next_seq = next_seq;
+        let t2 = t0.elapsed();
+
+        // 3. Commit the text index (waits for its indexing thread). If that fails, take the
+        //    items back out of sled so a failed write stores nothing; a crash in between leaves
+        //    them in sled, and the catch-up on open indexes them.
+        if let Err(e) = self.text.commit(&mut writer.index, next_seq - 1) {
+            let _ = writer.index.rollback();
+            let mut undo = sled::Batch::default();
+            for item in &stored {
+                undo.remove(&item_key(&item.id)[..]);
+            }
+            undo.remove(&blob_key(first_seq)[..]);
+            if let Err(undo_err) = self
+                .db
+                .apply_batch(undo)
+                .and_then(|()| self.db.flush().map(drop))
+            {
+                tracing::error!(error = %undo_err, "could not undo a write whose indexing failed; it will be indexed on the next open");
+            }
             return Err(e);
         }
 
-        // 2. sled, atomically, then fsync.
-        let mut batch = sled::Batch::default();
-        for (item, vector) in stored.iter().zip(&vectors) {
-            batch.insert(&item_key(&item.id)[..], encode_item(item));
-            batch.insert(&vector_key(&item.id)[..], encode_vector(vector));
-        }
-        batch.insert(meta_key("next_seq"), &writer.next_seq.to_be_bytes()[..]);
-        self.db.apply_batch(batch)?;
-        if self.durability == Durability::Fsync {
-            self.db.flush()?;
-        }
-
+        let t3 = t0.elapsed();
         // 3. Publish.
         let mut grew_large = false;
         {
@@ -583,6 +712,13 @@ impl MemoryStore for EmbeddedStore {
             }
         }
         drop(writer);
+        eprintln!(
+            "TIMING prep+queue {:?} sled {:?} commit {:?} publish {:?}",
+            t1,
+            t2 - t1,
+            t3 - t2,
+            t0.elapsed() - t3
+        );
         if grew_large {
             self.wake_builder();
         }
@@ -704,24 +840,35 @@ impl MemoryStore for EmbeddedStore {
 
     fn delete_namespace(&self, namespace: &str) -> Result<usize> {
         let mut writer = self.writer.lock();
-        let ids: Vec<ItemId> = {
+        let ids: Vec<(ItemId, u64)> = {
             let state = self.shared.state.read();
             let ns = state.catalog.syms.get(namespace);
             state
                 .catalog
                 .namespaces
                 .get(&ns)
-                .map(|n| n.slots.iter().map(|&s| state.catalog.entry(s).id).collect())
+                .map(|n| {
+                    n.slots
+                        .iter()
+                        .map(|&s| {
+                            let e = state.catalog.entry(s);
+                            (e.id, e.seq)
+                        })
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         if ids.is_empty() {
             return Ok(0);
         }
-        // 1. sled: remove items and leave a marker until the text index has caught up.
+        // 1. sled: remove items and embedding blobs no live item needs any more, and leave a
+        //    marker until the text index has caught up.
         let mut batch = sled::Batch::default();
-        for id in &ids {
+        for (id, _) in &ids {
             batch.remove(&item_key(id)[..]);
-            batch.remove(&vector_key(id)[..]);
+        }
+        for key in self.orphaned_blobs(namespace, &ids)? {
+            batch.remove(&key[..]);
         }
         batch.insert(deletion_key(namespace), &[][..]);
         self.db.apply_batch(batch)?;
@@ -813,7 +960,7 @@ fn fuse(
 }
 
 /// Embeds the batch's contents, splitting large batches across threads.
-fn embed_parallel(embedder: &dyn Embedder, items: &[NewItem]) -> Result<Vec<Vec<f32>>> {
+fn embed_parallel(embedder: &dyn Embedder, items: &[MemoryItem]) -> Result<Vec<Vec<f32>>> {
     const CHUNK: usize = 256;
     let texts: Vec<&str> = items.iter().map(|i| i.content.as_str()).collect();
     let vectors: Vec<Vec<f32>> = if texts.len() <= CHUNK {
@@ -1006,49 +1153,56 @@ fn read_item(path: &Path, db: &sled::Db, id: &ItemId) -> Result<Option<MemoryIte
 
 /// Loads every item's metadata and vector into `state`; returns the highest sequence number.
 fn load(path: &Path, db: &sled::Db, state: &mut State, dim: usize) -> Result<u64> {
-    let mut items: Vec<(MemoryItem, Vec<f32>)> = Vec::new();
-    let mut vectors = db.scan_prefix(b"v");
+    let corrupt = |reason: String| MemoryError::Corrupt {
+        path: path.to_owned(),
+        reason,
+    };
+    // Items, without their text (the catalog needs only metadata), in write order.
+    let mut items: Vec<MemoryItem> = Vec::new();
     for entry in db.scan_prefix(b"i") {
-        let (key, bytes) = entry?;
-        let item = decode_item(path, &bytes)?;
-        let (vkey, vbytes) = vectors
-            .next()
-            .transpose()?
-            .ok_or_else(|| MemoryError::Corrupt {
-                path: path.to_owned(),
-                reason: format!("item {} has no embedding", item.id),
-            })?;
-        if vkey[1..] != key[1..] {
-            return Err(MemoryError::Corrupt {
-                path: path.to_owned(),
-                reason: format!("items and embeddings disagree near item {}", item.id),
-            });
-        }
-        let vector = decode_vector(&vbytes, dim).ok_or_else(|| MemoryError::Corrupt {
-            path: path.to_owned(),
-            reason: format!(
-                "embedding of item {} has {} bytes, expected {}",
-                item.id,
-                vbytes.len(),
-                dim * 4
-            ),
-        })?;
-        items.push((item, vector));
+        let (_, bytes) = entry?;
+        let mut item = decode_item(path, &bytes)?;
+        item.content = String::new();
+        item.payload = None;
+        items.push(item);
     }
-    items.sort_unstable_by_key(|(item, _)| item.seq);
-    let mut max_seq = 0;
+    items.sort_unstable_by_key(|item| item.seq);
+
+    // Embedding blobs, also in write order: walk both together.
     let State {
         catalog,
         vectors: vindex,
     } = state;
-    for (item, vector) in &items {
-        let ns: Sym = catalog.syms.intern(&item.namespace);
-        let row = vindex.next_row(ns);
-        let slot = catalog.insert(item, row);
-        vindex.push(ns, slot, vector);
-        max_seq = max_seq.max(item.seq);
+    let mut pending = items.iter().peekable();
+    for entry in db.scan_prefix(b"b") {
+        let (key, bytes) = entry?;
+        let blob = Blob::parse(&key, &bytes, dim)
+            .ok_or_else(|| corrupt(format!("embedding blob {key:?} is malformed")))?;
+        while let Some(item) = pending.peek() {
+            if item.seq < blob.first_seq {
+                return Err(corrupt(format!("item {} has no embedding", item.id)));
+            }
+            let index = (item.seq - blob.first_seq) as usize;
+            if index >= blob.count {
+                break;
+            }
+            if blob.id(index) != item.id {
+                return Err(corrupt(format!(
+                    "the embedding stored for sequence {} belongs to another item than {}",
+                    item.seq, item.id
+                )));
+            }
+            let ns: Sym = catalog.syms.intern(&item.namespace);
+            let row = vindex.next_row(ns);
+            let slot = catalog.insert(item, row);
+            vindex.push(ns, slot, &blob.vector(index));
+            pending.next();
+        }
     }
-    Ok(max_seq)
+    if let Some(item) = pending.next() {
+        return Err(corrupt(format!("item {} has no embedding", item.id)));
+    }
+    Ok(items.last().map_or(0, |i| i.seq))
 }
 
 /// The background builder: keeps each large namespace's HNSW graph caught up with its rows.

@@ -124,10 +124,14 @@ impl TextIndex {
             .unwrap_or(0))
     }
 
-    /// Adds an item's document, replacing any document with the same sequence number.
-    pub fn add(&self, writer: &IndexWriter, item: &MemoryItem) -> Result<()> {
+    /// Queues an item's document. With `replace`, first deletes any document with the same
+    /// sequence number (needed when re-indexing during catch-up, where the document may already
+    /// be there; fresh writes have fresh sequence numbers and skip the cost).
+    pub fn add(&self, writer: &IndexWriter, item: &MemoryItem, replace: bool) -> Result<()> {
         let f = self.fields;
-        writer.delete_term(Term::from_field_u64(f.seq, item.seq));
+        if replace {
+            writer.delete_term(Term::from_field_u64(f.seq, item.seq));
+        }
         let mut doc = TantivyDocument::default();
         doc.add_u64(f.seq, item.seq);
         doc.add_text(f.namespace, &item.namespace);
