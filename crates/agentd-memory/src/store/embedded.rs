@@ -561,7 +561,6 @@ impl MemoryStore for EmbeddedStore {
                 other => other,
             })?;
         }
-        let t0 = std::time::Instant::now();
         let mut writer = self.writer.lock();
         // Assign ids, sequence numbers and versions.
         let now = Timestamp::now();
@@ -639,7 +638,6 @@ impl MemoryStore for EmbeddedStore {
                 return Err(e);
             }
         };
-        let t1 = t0.elapsed();
 
         // 2. sled, atomically, then fsync: from here on the items are durable.
         let mut batch = sled::Batch::default();
@@ -664,7 +662,6 @@ impl MemoryStore for EmbeddedStore {
         }
         // Sequence numbers are spent even if what follows fails: never reuse one.
         writer.next_seq = next_seq;
-        let t2 = t0.elapsed();
 
         // 3. Commit the text index (waits for its indexing thread). If that fails, take the
         //    items back out of sled so a failed write stores nothing; a crash in between leaves
@@ -686,7 +683,6 @@ impl MemoryStore for EmbeddedStore {
             return Err(e);
         }
 
-        let t3 = t0.elapsed();
         // 3. Publish.
         let mut grew_large = false;
         {
@@ -712,13 +708,6 @@ impl MemoryStore for EmbeddedStore {
             }
         }
         drop(writer);
-        eprintln!(
-            "TIMING prep+queue {:?} sled {:?} commit {:?} publish {:?}",
-            t1,
-            t2 - t1,
-            t3 - t2,
-            t0.elapsed() - t3
-        );
         if grew_large {
             self.wake_builder();
         }

@@ -90,7 +90,7 @@ pub fn synthetic_text(seed: u64) -> String {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            let w = if x % 3 == 0 {
+            let w = if x.is_multiple_of(3) {
                 (x >> 8) as usize % WORDS.len()
             } else {
                 topic + (x >> 8) as usize % 5

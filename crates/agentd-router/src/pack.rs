@@ -1,0 +1,997 @@
+//! Scoring and packing: from candidates to a [`ContextPack`] with its [`Manifest`].
+//!
+//! This is the router's inner loop; it never touches the store. Per candidate it does two dot
+//! products (query and role similarity) and a few arithmetic operations; link analysis runs on
+//! a bounded set of the strongest candidates; packing is lazy greedy (marginal scores only fall
+//! as items are selected, so a stale score is an upper bound and most candidates are never
+//! re-scored), with an exact knapsack when the eligible set is small.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use agentd_memory::tokens::TokenCounter;
+use agentd_memory::{Kind, MemoryItem};
+use serde::{Deserialize, Serialize};
+
+use crate::links::{LinkGraph, LinkInput, entities};
+use crate::manifest::{Decision, Manifest, ManifestEntry, Reason, ScoreBreakdown, Sources};
+use crate::profile::{RoleProfile, StageProfile, Weights};
+
+/// Tokens of layout around each item in the prompt (`- [id] ` and the line break), on top of
+/// its content and title. [`ContextPack::render`] stays within this.
+pub const ITEM_OVERHEAD_TOKENS: u32 = 8;
+/// Tokens reserved for the pack's header and for each kind's group header.
+pub const HEADER_TOKENS: u32 = 12;
+/// Per kind group.
+pub const GROUP_HEADER_TOKENS: u32 = 5;
+/// At most this many of the strongest candidates take part in link analysis.
+pub const LINK_CANDIDATES: usize = 48;
+/// Eligible sets at most this large are packed exactly (knapsack) as well as greedily.
+pub const EXACT_MAX_ITEMS: usize = 18;
+/// Budgets at most this large allow the exact packer.
+pub const EXACT_MAX_BUDGET: u32 = 16_384;
+
+/// Which selection rule to apply.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "policy", rename_all = "snake_case")]
+pub enum Policy {
+    /// Role- and stage-aware context routing: the weighted score, links, redundancy, packing.
+    #[default]
+    Rcr,
+    /// Every readable item, in write order, cut only at the budget (the model's context limit).
+    Full,
+    /// Role-agnostic top-`k` by query relevance.
+    Static {
+        /// How many items at most.
+        k: usize,
+    },
+    /// Newest items first.
+    Recency,
+}
+
+impl Policy {
+    /// The policy's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Policy::Rcr => "rcr",
+            Policy::Full => "full",
+            Policy::Static { .. } => "static",
+            Policy::Recency => "recency",
+        }
+    }
+
+    /// Parses `rcr`, `full`, `static` (k = 8), `static:K`, or `recency`.
+    pub fn parse(s: &str) -> Option<Policy> {
+        match s {
+            "rcr" => Some(Policy::Rcr),
+            "full" => Some(Policy::Full),
+            "recency" => Some(Policy::Recency),
+            "static" => Some(Policy::Static { k: 8 }),
+            other => other
+                .strip_prefix("static:")
+                .and_then(|k| k.parse().ok())
+                .map(|k| Policy::Static { k }),
+        }
+    }
+}
+
+/// An item the router may select, with what retrieval learned about it.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// The item.
+    pub item: MemoryItem,
+    /// Its embedding (in the store's space), if known.
+    pub vector: Option<Vec<f32>>,
+    /// Its BM25 score for the query, if it was a BM25 hit.
+    pub bm25: Option<f32>,
+    /// How it was found.
+    pub sources: Sources,
+}
+
+/// What the scoring needs besides the candidates.
+pub struct ScoringContext<'a> {
+    /// Reading role.
+    pub role: &'a RoleProfile,
+    /// Stage.
+    pub stage: &'a StageProfile,
+    /// Weights.
+    pub weights: &'a Weights,
+    /// Current round.
+    pub round: u32,
+    /// Query text.
+    pub query: &'a str,
+    /// Query embedding.
+    pub query_vector: Option<&'a [f32]>,
+    /// Role profile embedding.
+    pub role_vector: Option<&'a [f32]>,
+    /// Token counter (titles and cut items are counted with it).
+    pub counter: &'a dyn TokenCounter,
+    /// The policy.
+    pub policy: Policy,
+    /// Memory as of this sequence number (recorded in the manifest).
+    pub as_of_seq: Option<u64>,
+}
+
+/// An item in a pack.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackedItem {
+    /// The item; its `content` is cut when `truncated`.
+    pub item: MemoryItem,
+    /// Tokens it costs in the prompt.
+    pub tokens: u32,
+    /// Whether the content was cut at a sentence boundary.
+    pub truncated: bool,
+}
+
+/// What the router hands an agent: the selected items in prompt order, and the manifest.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ContextPack {
+    /// Items in prompt order (grouped by kind in a fixed order, then by write order).
+    pub items: Vec<PackedItem>,
+    /// Tokens the rendered context uses (at most `budget`).
+    pub tokens_used: u32,
+    /// The budget.
+    pub budget: u32,
+    /// Every candidate and its fate.
+    pub manifest: Manifest,
+}
+
+impl ContextPack {
+    /// The context as prompt text: a fixed header, then items grouped by kind in a fixed order
+    /// (see [`kind_order`]), each group in write order. The layout depends only on the items, so
+    /// successive calls of a role share a prefix and providers' prompt caches hit.
+    pub fn render(&self) -> String {
+        let mut out = String::from("## Shared memory\n");
+        let mut current: Option<&Kind> = None;
+        for p in &self.items {
+            if current != Some(&p.item.kind) {
+                out.push_str("### ");
+                out.push_str(p.item.kind.as_str());
+                out.push('\n');
+                current = Some(&p.item.kind);
+            }
+            out.push_str("- [");
+            out.push_str(&p.item.id.to_string()[..8]);
+            out.push_str("] ");
+            if let Some(title) = p.item.title() {
+                out.push_str(title);
+                out.push_str(": ");
+            }
+            out.push_str(&p.item.content);
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// Position of a kind in the prompt layout: built-in kinds in [`Kind::BUILTIN`] order, custom
+/// kinds after them (alphabetically, by the caller's sort).
+pub fn kind_order(kind: &Kind) -> usize {
+    Kind::BUILTIN
+        .iter()
+        .position(|k| k == kind)
+        .unwrap_or(Kind::BUILTIN.len())
+}
+
+/// Per-candidate working state.
+struct Scored {
+    cost: u32,
+    score: ScoreBreakdown,
+    decision: Option<Decision>,
+    truncated: Option<String>,
+    /// Normalised query relevance, the strength lent to linked items.
+    strength: f32,
+}
+
+#[inline]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Whether the router may cut this item at a sentence boundary.
+fn truncatable(item: &MemoryItem) -> bool {
+    let explicit = item
+        .payload
+        .as_ref()
+        .and_then(|p| p.get("truncatable"))
+        .and_then(|v| v.as_bool());
+    explicit.unwrap_or(!matches!(
+        item.kind,
+        Kind::Task | Kind::Plan | Kind::Answer | Kind::Critique
+    ))
+}
+
+/// The longest prefix of whole sentences of `text` within `max_tokens`.
+fn cut_at_sentence(text: &str, max_tokens: u32, counter: &dyn TokenCounter) -> Option<String> {
+    let mut ends: Vec<usize> = text
+        .char_indices()
+        .filter(|&(i, c)| {
+            matches!(c, '.' | '!' | '?' | '\n')
+                && text[i + c.len_utf8()..]
+                    .chars()
+                    .next()
+                    .is_none_or(char::is_whitespace)
+        })
+        .map(|(i, c)| i + c.len_utf8())
+        .collect();
+    ends.dedup();
+    // Binary search the longest fitting prefix (token counts grow with the prefix).
+    let (mut lo, mut hi) = (0usize, ends.len());
+    while lo < hi {
+        let mid = (lo + hi).div_ceil(2);
+        if counter.count(&text[..ends[mid - 1]]) <= max_tokens {
+            lo = mid;
+        } else {
+            hi = mid - 1;
+        }
+    }
+    (lo > 0).then(|| text[..ends[lo - 1]].trim_end().to_owned())
+}
+
+/// Scores the candidates and packs the best subset into `budget` under the context's policy.
+pub fn pack(candidates: Vec<Candidate>, ctx: &ScoringContext<'_>, budget: u32) -> ContextPack {
+    let w = ctx.weights;
+    let role_name = ctx.role.name.as_str();
+    let n = candidates.len();
+
+    // 1. Hard rules, and the raw similarities.
+    let mut scored: Vec<Scored> = Vec::with_capacity(n);
+    let mut cos_q = vec![0.0f32; n];
+    let mut cos_r = vec![0.0f32; n];
+    let (mut max_bm25, mut max_q, mut max_r) = (0.0f32, 0.0f32, 0.0f32);
+    for (i, c) in candidates.iter().enumerate() {
+        let decision = if !c.item.readers.allows(role_name) {
+            Some(Reason::NotReadable)
+        } else if c.item.superseded {
+            Some(Reason::Superseded)
+        } else if ctx.policy == Policy::Rcr && !ctx.role.reads_kind(&c.item.kind) {
+            Some(Reason::KindNotRead)
+        } else {
+            None
+        }
+        .map(|reason| Decision::Rejected { reason });
+        if decision.is_none() {
+            if let Some(v) = &c.vector {
+                if let Some(q) = ctx.query_vector {
+                    cos_q[i] = dot(v, q).max(0.0);
+                    max_q = max_q.max(cos_q[i]);
+                }
+                if let Some(r) = ctx.role_vector {
+                    cos_r[i] = dot(v, r).max(0.0);
+                    max_r = max_r.max(cos_r[i]);
+                }
+            }
+            max_bm25 = max_bm25.max(c.bm25.unwrap_or(0.0));
+        }
+        let title_tokens = c.item.title().map_or(0, |t| ctx.counter.count(t) + 1);
+        scored.push(Scored {
+            cost: c.item.tokens + ITEM_OVERHEAD_TOKENS + title_tokens,
+            score: ScoreBreakdown::default(),
+            decision,
+            truncated: None,
+            strength: 0.0,
+        });
+    }
+
+    // 2. Components and totals (without the bridge).
+    let norm = |x: f32, max: f32| if max > 0.0 { x / max } else { 0.0 };
+    let half_life = w.recency_half_life.max(0.01);
+    for (i, c) in candidates.iter().enumerate() {
+        let s = &mut scored[i];
+        if s.decision.is_some() {
+            continue;
+        }
+        let bm25 = norm(c.bm25.unwrap_or(0.0), max_bm25);
+        let query = match (ctx.query_vector.is_some(), max_bm25 > 0.0) {
+            (true, true) => 0.5 * bm25 + 0.5 * norm(cos_q[i], max_q),
+            (true, false) => norm(cos_q[i], max_q),
+            (false, _) => bm25,
+        };
+        let affinity = ctx.role.affinity_for(&c.item.producer.role);
+        let role = if ctx.role_vector.is_some() {
+            0.5 * norm(cos_r[i], max_r) + 0.5 * affinity
+        } else {
+            affinity
+        };
+        let age = ctx.round.saturating_sub(c.item.producer.round) as f32;
+        s.score = ScoreBreakdown {
+            role,
+            stage: ctx.stage.priority_of(&c.item.kind),
+            query,
+            recency: 0.5f32.powf(age / half_life),
+            importance: c.item.confidence.clamp(0.0, 1.0),
+            ..ScoreBreakdown::default()
+        };
+        s.strength = query;
+        s.score.total = w.role * role
+            + w.stage * s.score.stage
+            + w.query * query
+            + w.recency * s.score.recency
+            + w.importance * s.score.importance;
+    }
+
+    // 3. Bridges: link the strongest candidates (and those reached through links).
+    if ctx.policy == Policy::Rcr && w.bridge > 0.0 {
+        let mut strongest: Vec<usize> = (0..n).filter(|&i| scored[i].decision.is_none()).collect();
+        if strongest.len() > LINK_CANDIDATES {
+            strongest.select_nth_unstable_by(LINK_CANDIDATES - 1, |&a, &b| {
+                scored[b].score.total.total_cmp(&scored[a].score.total)
+            });
+            strongest.truncate(LINK_CANDIDATES);
+        }
+        for (i, c) in candidates.iter().enumerate() {
+            if c.sources.has(Sources::LINK)
+                && scored[i].decision.is_none()
+                && !strongest.contains(&i)
+            {
+                strongest.push(i);
+            }
+        }
+        strongest.sort_unstable();
+        let ents: Vec<Vec<String>> = strongest
+            .iter()
+            .map(|&i| entities(&candidates[i].item.content))
+            .collect();
+        let inputs: Vec<LinkInput<'_>> = strongest
+            .iter()
+            .zip(&ents)
+            .map(|(&i, e)| LinkInput {
+                item: &candidates[i].item,
+                entities: e,
+            })
+            .collect();
+        let graph = LinkGraph::build(&inputs);
+        let strength: Vec<f32> = strongest.iter().map(|&i| scored[i].strength).collect();
+        for (k, b) in graph.bridge_scores(&strength).into_iter().enumerate() {
+            let s = &mut scored[strongest[k]];
+            // A bridge lends what the item lacks: an item that already matches the query
+            // gains little.
+            s.score.bridge = (b - s.strength).max(0.0);
+            s.score.total += w.bridge * s.score.bridge;
+        }
+    }
+
+    // 4. Budget for items, oversized items.
+    let eligible: Vec<usize> = (0..n).filter(|&i| scored[i].decision.is_none()).collect();
+    let mut kinds: Vec<&Kind> = eligible.iter().map(|&i| &candidates[i].item.kind).collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    let reserve = HEADER_TOKENS + GROUP_HEADER_TOKENS * kinds.len() as u32;
+    let item_budget = budget.saturating_sub(reserve);
+    for &i in &eligible {
+        if scored[i].cost <= item_budget {
+            continue;
+        }
+        let item = &candidates[i].item;
+        let fixed = scored[i].cost - item.tokens;
+        let cut = (truncatable(item) && item_budget / 2 > fixed)
+            .then(|| cut_at_sentence(&item.content, item_budget / 2 - fixed, ctx.counter))
+            .flatten();
+        match cut {
+            Some(text) => {
+                scored[i].cost = fixed + ctx.counter.count(&text);
+                scored[i].truncated = Some(text);
+            }
+            None => {
+                scored[i].decision = Some(Decision::Rejected {
+                    reason: Reason::Oversized,
+                })
+            }
+        }
+    }
+
+    // 5. Select.
+    let selected = match ctx.policy {
+        Policy::Rcr => select_rcr(&candidates, &mut scored, w, item_budget),
+        Policy::Full => {
+            let mut order: Vec<usize> = (0..n).filter(|&i| scored[i].decision.is_none()).collect();
+            order.sort_unstable_by_key(|&i| candidates[i].item.seq);
+            take_in_order(&order, &mut scored, item_budget, usize::MAX)
+        }
+        Policy::Recency => {
+            let mut order: Vec<usize> = (0..n).filter(|&i| scored[i].decision.is_none()).collect();
+            order.sort_unstable_by_key(|&i| std::cmp::Reverse(candidates[i].item.seq));
+            take_in_order(&order, &mut scored, item_budget, usize::MAX)
+        }
+        Policy::Static { k } => {
+            let mut order: Vec<usize> = (0..n).filter(|&i| scored[i].decision.is_none()).collect();
+            order.sort_unstable_by(|&a, &b| {
+                scored[b]
+                    .score
+                    .query
+                    .total_cmp(&scored[a].score.query)
+                    .then(candidates[a].item.seq.cmp(&candidates[b].item.seq))
+            });
+            take_in_order(&order, &mut scored, item_budget, k)
+        }
+    };
+
+    // 6. Assemble the pack in layout order and the manifest in score order.
+    let mut in_pack: Vec<usize> = selected.clone();
+    in_pack.sort_unstable_by(|&a, &b| {
+        let (x, y) = (&candidates[a].item, &candidates[b].item);
+        kind_order(&x.kind)
+            .cmp(&kind_order(&y.kind))
+            .then_with(|| x.kind.as_str().cmp(y.kind.as_str()))
+            .then(x.seq.cmp(&y.seq))
+    });
+    let mut used_kinds: Vec<&Kind> = in_pack.iter().map(|&i| &candidates[i].item.kind).collect();
+    used_kinds.dedup();
+    let items_tokens: u32 = in_pack.iter().map(|&i| scored[i].cost).sum();
+    let tokens_used = if in_pack.is_empty() {
+        0
+    } else {
+        HEADER_TOKENS + GROUP_HEADER_TOKENS * used_kinds.len() as u32 + items_tokens
+    };
+
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_unstable_by(|&a, &b| {
+        scored[b]
+            .score
+            .total
+            .total_cmp(&scored[a].score.total)
+            .then(candidates[a].item.seq.cmp(&candidates[b].item.seq))
+    });
+    let entries: Vec<ManifestEntry> = order
+        .iter()
+        .map(|&i| {
+            let c = &candidates[i];
+            let s = &scored[i];
+            ManifestEntry {
+                id: c.item.id,
+                kind: c.item.kind.clone(),
+                producer: c.item.producer.role.clone(),
+                tokens: s.cost,
+                sources: c.sources,
+                score: s.score,
+                decision: s.decision.unwrap_or(Decision::Rejected {
+                    reason: Reason::Budget,
+                }),
+            }
+        })
+        .collect();
+
+    let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
+    let items = in_pack
+        .iter()
+        .map(|&i| {
+            let mut item = slots[i].take().expect("each candidate packed once").item;
+            let truncated = scored[i].truncated.take();
+            let was_cut = truncated.is_some();
+            if let Some(text) = truncated {
+                item.content = text;
+            }
+            PackedItem {
+                item,
+                tokens: scored[i].cost,
+                truncated: was_cut,
+            }
+        })
+        .collect();
+
+    ContextPack {
+        items,
+        tokens_used,
+        budget,
+        manifest: Manifest {
+            policy: ctx.policy.name().to_owned(),
+            role: ctx.role.name.clone(),
+            stage: ctx.stage.name.clone(),
+            query: ctx.query.to_owned(),
+            round: ctx.round,
+            budget,
+            tokens_used,
+            as_of_seq: ctx.as_of_seq,
+            entries,
+        },
+    }
+}
+
+/// Takes candidates in the given order while they fit (at most `k`); marks the rest `Budget`.
+fn take_in_order(order: &[usize], scored: &mut [Scored], budget: u32, k: usize) -> Vec<usize> {
+    let mut left = budget;
+    let mut selected = Vec::new();
+    for &i in order {
+        let s = &mut scored[i];
+        if selected.len() < k && s.cost <= left {
+            left -= s.cost;
+            s.score.marginal = s.score.total;
+            s.decision = Some(Decision::Selected {
+                rank: selected.len() as u32,
+                truncated: s.truncated.is_some(),
+            });
+            selected.push(i);
+        } else {
+            s.decision = Some(Decision::Rejected {
+                reason: Reason::Budget,
+            });
+        }
+    }
+    selected
+}
+
+/// Heap entry for lazy greedy: density upper bound, then earlier write first.
+struct Entry {
+    density: f32,
+    seq: u64,
+    index: usize,
+    /// Number of selected items the marginal score accounts for.
+    seen: usize,
+}
+
+impl PartialEq for Entry {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Entry {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.density
+            .total_cmp(&other.density)
+            .then(other.seq.cmp(&self.seq))
+    }
+}
+
+/// The rcr selection: lazy greedy by marginal score per token, compared with an exact
+/// knapsack on small eligible sets; the better objective wins.
+fn select_rcr(
+    candidates: &[Candidate],
+    scored: &mut [Scored],
+    w: &Weights,
+    budget: u32,
+) -> Vec<usize> {
+    let eligible: Vec<usize> = (0..candidates.len())
+        .filter(|&i| scored[i].decision.is_none())
+        .collect();
+    let similarity = |a: usize, b: usize| -> f32 {
+        match (&candidates[a].vector, &candidates[b].vector) {
+            (Some(x), Some(y)) => dot(x, y).max(0.0),
+            _ => 0.0,
+        }
+    };
+
+    // Lazy greedy.
+    let mut heap: BinaryHeap<Entry> = eligible
+        .iter()
+        .map(|&i| Entry {
+            density: scored[i].score.total / scored[i].cost.max(1) as f32,
+            seq: candidates[i].item.seq,
+            index: i,
+            seen: 0,
+        })
+        .collect();
+    let mut selected: Vec<usize> = Vec::new();
+    let mut max_sim = vec![0.0f32; candidates.len()];
+    let mut left = budget;
+    let mut outcome: Vec<(usize, Decision)> = Vec::new();
+    while let Some(mut e) = heap.pop() {
+        let i = e.index;
+        if e.seen < selected.len() {
+            for &j in &selected[e.seen..] {
+                max_sim[i] = max_sim[i].max(similarity(i, j));
+            }
+            e.seen = selected.len();
+            let marginal = scored[i].score.total - w.redundancy * max_sim[i];
+            e.density = marginal / scored[i].cost.max(1) as f32;
+            heap.push(e);
+            continue;
+        }
+        let marginal = scored[i].score.total - w.redundancy * max_sim[i];
+        scored[i].score.redundancy = max_sim[i];
+        scored[i].score.marginal = marginal;
+        let reason = if max_sim[i] >= w.duplicate_similarity {
+            Some(Reason::Redundant)
+        } else if marginal < w.min_score {
+            Some(Reason::LowScore)
+        } else if scored[i].cost > left {
+            Some(Reason::Budget)
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => outcome.push((i, Decision::Rejected { reason })),
+            None => {
+                left -= scored[i].cost;
+                outcome.push((
+                    i,
+                    Decision::Selected {
+                        rank: selected.len() as u32,
+                        truncated: scored[i].truncated.is_some(),
+                    },
+                ));
+                selected.push(i);
+            }
+        }
+    }
+
+    // Exact knapsack on small sets, over items that clear the threshold on their own.
+    if eligible.len() <= EXACT_MAX_ITEMS && budget <= EXACT_MAX_BUDGET {
+        let pool: Vec<usize> = eligible
+            .iter()
+            .copied()
+            .filter(|&i| scored[i].score.total >= w.min_score)
+            .collect();
+        let exact = knapsack(&pool, scored, budget);
+        let objective = |set: &[usize]| -> f32 {
+            let mut by_score = set.to_vec();
+            by_score
+                .sort_unstable_by(|&a, &b| scored[b].score.total.total_cmp(&scored[a].score.total));
+            let mut total = 0.0;
+            for (k, &i) in by_score.iter().enumerate() {
+                let red = by_score[..k]
+                    .iter()
+                    .map(|&j| similarity(i, j))
+                    .fold(0.0f32, f32::max);
+                if red >= w.duplicate_similarity {
+                    return f32::NEG_INFINITY;
+                }
+                total += scored[i].score.total - w.redundancy * red;
+            }
+            total
+        };
+        if objective(&exact) > objective(&selected) + 1e-6 {
+            outcome.clear();
+            let mut chosen = exact.clone();
+            chosen
+                .sort_unstable_by(|&a, &b| scored[b].score.total.total_cmp(&scored[a].score.total));
+            for (rank, &i) in chosen.iter().enumerate() {
+                let red = chosen[..rank]
+                    .iter()
+                    .map(|&j| similarity(i, j))
+                    .fold(0.0f32, f32::max);
+                scored[i].score.redundancy = red;
+                scored[i].score.marginal = scored[i].score.total - w.redundancy * red;
+                outcome.push((
+                    i,
+                    Decision::Selected {
+                        rank: rank as u32,
+                        truncated: scored[i].truncated.is_some(),
+                    },
+                ));
+            }
+            for &i in &eligible {
+                if !chosen.contains(&i) {
+                    let reason = if scored[i].score.total < w.min_score {
+                        Reason::LowScore
+                    } else {
+                        Reason::Budget
+                    };
+                    scored[i].score.marginal = scored[i].score.total;
+                    outcome.push((i, Decision::Rejected { reason }));
+                }
+            }
+            selected = chosen;
+        }
+    }
+    for (i, d) in outcome {
+        scored[i].decision = Some(d);
+    }
+    selected
+}
+
+/// 0/1 knapsack over `pool` maximising the sum of totals within `budget` tokens.
+fn knapsack(pool: &[usize], scored: &[Scored], budget: u32) -> Vec<usize> {
+    let cap = budget as usize;
+    let n = pool.len();
+    if n == 0 || cap == 0 {
+        return Vec::new();
+    }
+    // best[c] = best value with capacity c; keep[k][c] = item k taken at capacity c.
+    let mut best = vec![0.0f32; cap + 1];
+    let mut keep = vec![vec![false; cap + 1]; n];
+    for (k, &i) in pool.iter().enumerate() {
+        let cost = scored[i].cost as usize;
+        let value = scored[i].score.total;
+        if cost > cap {
+            continue;
+        }
+        for c in (cost..=cap).rev() {
+            let with = best[c - cost] + value;
+            if with > best[c] {
+                best[c] = with;
+                keep[k][c] = true;
+            }
+        }
+    }
+    let mut chosen = Vec::new();
+    let mut c = cap;
+    for k in (0..n).rev() {
+        if keep[k][c] {
+            chosen.push(pool[k]);
+            c -= scored[pool[k]].cost as usize;
+        }
+    }
+    chosen.reverse();
+    chosen
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use agentd_memory::tokens::ApproxTokenCounter;
+    use agentd_memory::{ItemId, Producer, Readers, Timestamp};
+
+    fn item(kind: Kind, round: u32, tokens: u32, producer: &str) -> MemoryItem {
+        MemoryItem {
+            id: ItemId::new_v7(),
+            seq: round as u64 * 100 + tokens as u64,
+            namespace: "ns".into(),
+            kind,
+            content: "x ".repeat(tokens as usize),
+            payload: None,
+            producer: Producer::new(producer, "n", round),
+            stage: None,
+            tags: vec![],
+            key: None,
+            version: 1,
+            confidence: 1.0,
+            created_at: Timestamp(0),
+            tokens,
+            readers: Readers::All,
+            superseded: false,
+        }
+    }
+
+    fn cand(item: MemoryItem, vector: Vec<f32>, bm25: Option<f32>) -> Candidate {
+        Candidate {
+            item,
+            vector: Some(vector),
+            bm25,
+            sources: Sources::QUERY,
+        }
+    }
+
+    struct Fixture {
+        role: RoleProfile,
+        stage: StageProfile,
+        weights: Weights,
+    }
+
+    impl Fixture {
+        fn new() -> Self {
+            Fixture {
+                role: RoleProfile::new("answerer"),
+                stage: StageProfile::new("answer"),
+                weights: Weights::default(),
+            }
+        }
+        fn ctx<'a>(&'a self, q: Option<&'a [f32]>, policy: Policy) -> ScoringContext<'a> {
+            ScoringContext {
+                role: &self.role,
+                stage: &self.stage,
+                weights: &self.weights,
+                round: 3,
+                query: "q",
+                query_vector: q,
+                role_vector: None,
+                counter: &ApproxTokenCounter,
+                policy,
+                as_of_seq: None,
+            }
+        }
+    }
+
+    fn score_of(pack: &ContextPack, id: ItemId) -> ScoreBreakdown {
+        pack.manifest
+            .entries
+            .iter()
+            .find(|e| e.id == id)
+            .unwrap()
+            .score
+    }
+
+    #[test]
+    fn query_component_normalises_bm25_and_cosine() {
+        let f = Fixture::new();
+        let q = [1.0, 0.0];
+        let a = item(Kind::Fact, 3, 10, "r");
+        let b = item(Kind::Fact, 3, 10, "r");
+        let (ia, ib) = (a.id, b.id);
+        let pack = pack(
+            vec![
+                cand(a, vec![1.0, 0.0], Some(4.0)),
+                cand(b, vec![0.6, 0.8], Some(2.0)),
+            ],
+            &f.ctx(Some(&q), Policy::Rcr),
+            1000,
+        );
+        assert!((score_of(&pack, ia).query - 1.0).abs() < 1e-6);
+        // 0.5 * 2/4 + 0.5 * 0.6/1
+        assert!((score_of(&pack, ib).query - 0.55).abs() < 1e-6);
+    }
+
+    #[test]
+    fn stage_recency_importance_and_role_components() {
+        let mut f = Fixture::new();
+        f.stage = StageProfile::new("answer").priority(Kind::Evidence, 0.9);
+        f.role.affinity.insert("researcher".into(), 1.0);
+        f.weights.recency_half_life = 1.0;
+        let mut old = item(Kind::Evidence, 1, 10, "researcher");
+        old.confidence = 0.4;
+        let new = item(Kind::Plan, 3, 10, "planner");
+        let (io, inew) = (old.id, new.id);
+        let pack = pack(
+            vec![cand(old, vec![1.0], None), cand(new, vec![1.0], None)],
+            &f.ctx(None, Policy::Rcr),
+            1000,
+        );
+        let (so, sn) = (score_of(&pack, io), score_of(&pack, inew));
+        assert_eq!(so.stage, 0.9);
+        assert_eq!(sn.stage, 0.2);
+        assert!(
+            (so.recency - 0.25).abs() < 1e-6,
+            "two rounds old, half-life 1"
+        );
+        assert_eq!(sn.recency, 1.0);
+        assert!((so.importance - 0.4).abs() < 1e-6);
+        assert_eq!(so.role, 1.0);
+        assert_eq!(sn.role, 0.5);
+        let w = &f.weights;
+        let expected = w.role * 1.0 + w.stage * 0.9 + w.recency * 0.25 + w.importance * 0.4;
+        assert!((so.total - expected).abs() < 1e-5);
+    }
+
+    #[test]
+    fn redundancy_penalises_and_rejects_duplicates() {
+        let f = Fixture::new();
+        let q = [1.0, 0.0];
+        let a = item(Kind::Fact, 3, 10, "r");
+        let dup = item(Kind::Fact, 3, 10, "r");
+        let other = item(Kind::Fact, 3, 10, "r");
+        let (ia, idup, iother) = (a.id, dup.id, other.id);
+        let pack = pack(
+            vec![
+                cand(a, vec![1.0, 0.0], Some(3.0)),
+                cand(dup, vec![1.0, 0.0], Some(3.0)),
+                cand(other, vec![0.8, 0.6], Some(2.5)),
+            ],
+            &f.ctx(Some(&q), Policy::Rcr),
+            1000,
+        );
+        let selected = pack.manifest.selected();
+        assert!(selected.contains(&ia) && selected.contains(&iother));
+        let d = pack.manifest.entries.iter().find(|e| e.id == idup).unwrap();
+        assert_eq!(
+            d.decision,
+            Decision::Rejected {
+                reason: Reason::Redundant
+            }
+        );
+        let o = score_of(&pack, iother);
+        assert!((o.redundancy - 0.8).abs() < 1e-5);
+        assert!((o.marginal - (o.total - f.weights.redundancy * 0.8)).abs() < 1e-5);
+    }
+
+    #[test]
+    fn unreadable_superseded_and_unread_kinds_are_rejected_with_reasons() {
+        let mut f = Fixture::new();
+        f.role.reads = vec![Kind::Fact];
+        let mut secret = item(Kind::Fact, 3, 5, "r");
+        secret.readers = Readers::roles(["critic"]);
+        let mut old = item(Kind::Fact, 3, 6, "r");
+        old.superseded = true;
+        let plan = item(Kind::Plan, 3, 7, "r");
+        let ok = item(Kind::Fact, 3, 8, "r");
+        let ids = [secret.id, old.id, plan.id, ok.id];
+        let pack = pack(
+            vec![
+                cand(secret, vec![1.0], Some(1.0)),
+                cand(old, vec![1.0], Some(1.0)),
+                cand(plan, vec![1.0], Some(1.0)),
+                cand(ok, vec![1.0], Some(1.0)),
+            ],
+            &f.ctx(None, Policy::Rcr),
+            1000,
+        );
+        let reason = |id| {
+            pack.manifest
+                .entries
+                .iter()
+                .find(|e| e.id == id)
+                .unwrap()
+                .decision
+        };
+        assert_eq!(
+            reason(ids[0]),
+            Decision::Rejected {
+                reason: Reason::NotReadable
+            }
+        );
+        assert_eq!(
+            reason(ids[1]),
+            Decision::Rejected {
+                reason: Reason::Superseded
+            }
+        );
+        assert_eq!(
+            reason(ids[2]),
+            Decision::Rejected {
+                reason: Reason::KindNotRead
+            }
+        );
+        assert!(reason(ids[3]).is_selected());
+        // Unreadable items are not scored.
+        assert_eq!(score_of(&pack, ids[0]), ScoreBreakdown::default());
+    }
+
+    #[test]
+    fn oversized_items_are_cut_at_sentences_or_rejected() {
+        let f = Fixture::new();
+        let mut doc = item(Kind::Document, 3, 0, "r");
+        doc.content = "First sentence here. Second sentence is here. ".repeat(40);
+        doc.tokens = ApproxTokenCounter.count(&doc.content);
+        let mut answer = item(Kind::Answer, 3, 0, "r");
+        answer.content = "word ".repeat(400);
+        answer.tokens = ApproxTokenCounter.count(&answer.content);
+        let (idoc, ians) = (doc.id, answer.id);
+        let pack = pack(
+            vec![
+                cand(doc, vec![1.0], Some(2.0)),
+                cand(answer, vec![1.0], Some(1.0)),
+            ],
+            &f.ctx(None, Policy::Rcr),
+            200,
+        );
+        let packed = pack.items.iter().find(|p| p.item.id == idoc).unwrap();
+        assert!(packed.truncated);
+        assert!(packed.item.content.ends_with('.'));
+        assert!(pack.tokens_used <= 200);
+        let a = pack.manifest.entries.iter().find(|e| e.id == ians).unwrap();
+        assert_eq!(
+            a.decision,
+            Decision::Rejected {
+                reason: Reason::Oversized
+            }
+        );
+    }
+
+    #[test]
+    fn layout_groups_kinds_in_a_fixed_order() {
+        let f = Fixture::new();
+        let items = vec![
+            item(Kind::Answer, 3, 5, "r"),
+            item(Kind::Task, 1, 5, "r"),
+            item(Kind::Evidence, 2, 5, "r"),
+            item(Kind::Evidence, 1, 6, "r"),
+        ];
+        let pack = pack(
+            items
+                .into_iter()
+                .map(|i| cand(i, vec![1.0], Some(1.0)))
+                .collect(),
+            &f.ctx(None, Policy::Full),
+            10_000,
+        );
+        let kinds: Vec<&str> = pack.items.iter().map(|p| p.item.kind.as_str()).collect();
+        assert_eq!(kinds, ["task", "evidence", "evidence", "answer"]);
+        assert!(pack.items[1].item.seq < pack.items[2].item.seq);
+        let text = pack.render();
+        assert!(text.starts_with("## Shared memory\n### task\n"));
+    }
+
+    #[test]
+    fn policies_parse() {
+        assert_eq!(Policy::parse("rcr"), Some(Policy::Rcr));
+        assert_eq!(Policy::parse("static:5"), Some(Policy::Static { k: 5 }));
+        assert_eq!(Policy::parse("static"), Some(Policy::Static { k: 8 }));
+        assert_eq!(Policy::parse("nope"), None);
+    }
+}
