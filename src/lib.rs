@@ -25,5 +25,6 @@
 //! ```
 
 pub use agentd_memory as memory;
+pub use agentd_router as router;
 
 pub mod bench;

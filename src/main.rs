@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use agentd::bench::memory::MemoryBench;
+use agentd::bench::route::RouteBench;
 use agentd::memory::embed::EmbedderConfig;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -26,6 +27,30 @@ enum Command {
 enum Bench {
     /// Ingest and search throughput of the memory store on a synthetic corpus.
     Memory(MemoryArgs),
+    /// Latency of one routing decision (in memory, or over a store with --store-items).
+    Route(RouteArgs),
+}
+
+#[derive(clap::Args)]
+struct RouteArgs {
+    /// Candidates per route (in-memory mode).
+    #[arg(long, default_value_t = 10_000)]
+    candidates: usize,
+    /// Token budget of each pack.
+    #[arg(long, default_value_t = 2_048)]
+    budget: u32,
+    /// Timed routes.
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
+    /// Route over a store of this many synthetic documents, retrieval included.
+    #[arg(long)]
+    store_items: Option<u64>,
+    /// Corpus seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -84,7 +109,36 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(Bench::Memory(args)) => bench_memory(args),
+        Command::Bench(Bench::Route(args)) => bench_route(args),
     }
+}
+
+fn bench_route(args: RouteArgs) -> anyhow::Result<()> {
+    if args.iterations == 0 || (args.store_items.is_none() && args.candidates == 0) {
+        anyhow::bail!("--iterations and --candidates must be at least 1");
+    }
+    let bench = RouteBench {
+        candidates: args.candidates,
+        budget: args.budget,
+        iterations: args.iterations,
+        store_items: args.store_items,
+        seed: args.seed,
+    };
+    let report = bench.run(|line| eprintln!("bench route: {line}"))?;
+    print_report(&report, args.json)
+}
+
+/// Prints a report as one JSON object, or as an aligned table.
+fn print_report(report: &impl serde::Serialize, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(report)?);
+    } else {
+        let value = serde_json::to_value(report)?;
+        for (k, v) in value.as_object().into_iter().flatten() {
+            println!("{k:>22}  {v}");
+        }
+    }
+    Ok(())
 }
 
 fn bench_memory(args: MemoryArgs) -> anyhow::Result<()> {
@@ -107,13 +161,5 @@ fn bench_memory(args: MemoryArgs) -> anyhow::Result<()> {
         ann_min_rows: args.ann_min_rows,
     };
     let report = bench.run(|line| eprintln!("bench memory: {line}"))?;
-    if args.json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        let value = serde_json::to_value(&report)?;
-        for (k, v) in value.as_object().into_iter().flatten() {
-            println!("{k:>22}  {v}");
-        }
-    }
-    Ok(())
+    print_report(&report, args.json)
 }

@@ -2,6 +2,7 @@
 //! runs and machines. Goals live here, not in timed tests.
 
 pub mod memory;
+pub mod route;
 
 /// Peak resident set size of this process so far, in MiB (Linux; 0 elsewhere).
 pub fn rss_peak_mb() -> f64 {

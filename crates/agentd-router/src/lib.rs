@@ -209,7 +209,7 @@ impl Router {
             policy: req.policy,
             as_of_seq: req.as_of_seq,
         };
-        Ok(pack(candidates, &ctx, req.budget))
+        Ok(pack(&candidates, &ctx, req.budget))
     }
 
     fn base_filter(&self, req: &RouteRequest<'_>) -> Filter {

@@ -127,8 +127,6 @@ pub struct ManifestEntry {
     pub id: ItemId,
     /// Its kind.
     pub kind: Kind,
-    /// Its producing role.
-    pub producer: String,
     /// Tokens it costs in the prompt (content plus layout), after any cut.
     pub tokens: u32,
     /// How it was found.

@@ -10,6 +10,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use agentd_memory::tokens::TokenCounter;
+use agentd_memory::vector::dot;
 use agentd_memory::{Kind, MemoryItem};
 use serde::{Deserialize, Serialize};
 
@@ -183,23 +184,6 @@ struct Scored {
     strength: f32,
 }
 
-#[inline]
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
 /// Whether the router may cut this item at a sentence boundary.
 fn truncatable(item: &MemoryItem) -> bool {
     let explicit = item
@@ -241,7 +225,7 @@ fn cut_at_sentence(text: &str, max_tokens: u32, counter: &dyn TokenCounter) -> O
 }
 
 /// Scores the candidates and packs the best subset into `budget` under the context's policy.
-pub fn pack(candidates: Vec<Candidate>, ctx: &ScoringContext<'_>, budget: u32) -> ContextPack {
+pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> ContextPack {
     let w = ctx.weights;
     let role_name = ctx.role.name.as_str();
     let n = candidates.len();
@@ -288,6 +272,10 @@ pub fn pack(candidates: Vec<Candidate>, ctx: &ScoringContext<'_>, budget: u32) -
     // 2. Components and totals (without the bridge).
     let norm = |x: f32, max: f32| if max > 0.0 { x / max } else { 0.0 };
     let half_life = w.recency_half_life.max(0.01);
+    // Recency depends only on the age in rounds: compute each age once.
+    let recency_of: Vec<f32> = (0..16)
+        .map(|age| 0.5f32.powf(age as f32 / half_life))
+        .collect();
     for (i, c) in candidates.iter().enumerate() {
         let s = &mut scored[i];
         if s.decision.is_some() {
@@ -310,7 +298,10 @@ pub fn pack(candidates: Vec<Candidate>, ctx: &ScoringContext<'_>, budget: u32) -
             role,
             stage: ctx.stage.priority_of(&c.item.kind),
             query,
-            recency: 0.5f32.powf(age / half_life),
+            recency: recency_of
+                .get(age as usize)
+                .copied()
+                .unwrap_or_else(|| 0.5f32.powf(age / half_life)),
             importance: c.item.confidence.clamp(0.0, 1.0),
             ..ScoreBreakdown::default()
         };
@@ -394,7 +385,7 @@ pub fn pack(candidates: Vec<Candidate>, ctx: &ScoringContext<'_>, budget: u32) -
 
     // 5. Select.
     let selected = match ctx.policy {
-        Policy::Rcr => select_rcr(&candidates, &mut scored, w, item_budget),
+        Policy::Rcr => select_rcr(candidates, &mut scored, w, item_budget),
         Policy::Full => {
             let mut order: Vec<usize> = (0..n).filter(|&i| scored[i].decision.is_none()).collect();
             order.sort_unstable_by_key(|&i| candidates[i].item.seq);
@@ -444,6 +435,7 @@ pub fn pack(candidates: Vec<Candidate>, ctx: &ScoringContext<'_>, budget: u32) -
             .total_cmp(&scored[a].score.total)
             .then(candidates[a].item.seq.cmp(&candidates[b].item.seq))
     });
+    let mut scored = scored;
     let entries: Vec<ManifestEntry> = order
         .iter()
         .map(|&i| {
@@ -452,7 +444,6 @@ pub fn pack(candidates: Vec<Candidate>, ctx: &ScoringContext<'_>, budget: u32) -
             ManifestEntry {
                 id: c.item.id,
                 kind: c.item.kind.clone(),
-                producer: c.item.producer.role.clone(),
                 tokens: s.cost,
                 sources: c.sources,
                 score: s.score,
@@ -463,11 +454,10 @@ pub fn pack(candidates: Vec<Candidate>, ctx: &ScoringContext<'_>, budget: u32) -
         })
         .collect();
 
-    let mut slots: Vec<Option<Candidate>> = candidates.into_iter().map(Some).collect();
     let items = in_pack
         .iter()
         .map(|&i| {
-            let mut item = slots[i].take().expect("each candidate packed once").item;
+            let mut item = candidates[i].item.clone();
             let truncated = scored[i].truncated.take();
             let was_cut = truncated.is_some();
             if let Some(text) = truncated {
@@ -568,8 +558,25 @@ fn select_rcr(
         }
     };
 
-    // Lazy greedy.
-    let mut heap: BinaryHeap<Entry> = eligible
+    // Lazy greedy. Items below the threshold on their own never get in: decide them up front.
+    let mut outcome: Vec<(usize, Decision)> = Vec::new();
+    let mut min_cost = u32::MAX;
+    let mut pool: Vec<usize> = Vec::with_capacity(eligible.len());
+    for &i in &eligible {
+        if scored[i].score.total < w.min_score {
+            scored[i].score.marginal = scored[i].score.total;
+            outcome.push((
+                i,
+                Decision::Rejected {
+                    reason: Reason::LowScore,
+                },
+            ));
+        } else {
+            min_cost = min_cost.min(scored[i].cost);
+            pool.push(i);
+        }
+    }
+    let mut heap: BinaryHeap<Entry> = pool
         .iter()
         .map(|&i| Entry {
             density: scored[i].score.total / scored[i].cost.max(1) as f32,
@@ -581,9 +588,38 @@ fn select_rcr(
     let mut selected: Vec<usize> = Vec::new();
     let mut max_sim = vec![0.0f32; candidates.len()];
     let mut left = budget;
-    let mut outcome: Vec<(usize, Decision)> = Vec::new();
     while let Some(mut e) = heap.pop() {
+        if left < min_cost {
+            // Nothing else can fit: the rest are out for budget, in any order.
+            heap.push(e);
+            for e in heap.drain() {
+                let i = e.index;
+                scored[i].score.redundancy = max_sim[i];
+                scored[i].score.marginal = scored[i].score.total - w.redundancy * max_sim[i];
+                outcome.push((
+                    i,
+                    Decision::Rejected {
+                        reason: Reason::Budget,
+                    },
+                ));
+            }
+            break;
+        }
         let i = e.index;
+        // Decisions that need no fresh similarity: marginal scores only fall, so a stale one
+        // that is already too low stays too low, and an item that does not fit never will.
+        let stale_marginal = scored[i].score.total - w.redundancy * max_sim[i];
+        if scored[i].cost > left || stale_marginal < w.min_score {
+            scored[i].score.redundancy = max_sim[i];
+            scored[i].score.marginal = stale_marginal;
+            let reason = if scored[i].cost > left {
+                Reason::Budget
+            } else {
+                Reason::LowScore
+            };
+            outcome.push((i, Decision::Rejected { reason }));
+            continue;
+        }
         if e.seen < selected.len() {
             for &j in &selected[e.seen..] {
                 max_sim[i] = max_sim[i].max(similarity(i, j));
@@ -806,7 +842,7 @@ mod tests {
         let b = item(Kind::Fact, 3, 10, "r");
         let (ia, ib) = (a.id, b.id);
         let pack = pack(
-            vec![
+            &[
                 cand(a, vec![1.0, 0.0], Some(4.0)),
                 cand(b, vec![0.6, 0.8], Some(2.0)),
             ],
@@ -829,7 +865,7 @@ mod tests {
         let new = item(Kind::Plan, 3, 10, "planner");
         let (io, inew) = (old.id, new.id);
         let pack = pack(
-            vec![cand(old, vec![1.0], None), cand(new, vec![1.0], None)],
+            &[cand(old, vec![1.0], None), cand(new, vec![1.0], None)],
             &f.ctx(None, Policy::Rcr),
             1000,
         );
@@ -858,7 +894,7 @@ mod tests {
         let other = item(Kind::Fact, 3, 10, "r");
         let (ia, idup, iother) = (a.id, dup.id, other.id);
         let pack = pack(
-            vec![
+            &[
                 cand(a, vec![1.0, 0.0], Some(3.0)),
                 cand(dup, vec![1.0, 0.0], Some(3.0)),
                 cand(other, vec![0.8, 0.6], Some(2.5)),
@@ -892,7 +928,7 @@ mod tests {
         let ok = item(Kind::Fact, 3, 8, "r");
         let ids = [secret.id, old.id, plan.id, ok.id];
         let pack = pack(
-            vec![
+            &[
                 cand(secret, vec![1.0], Some(1.0)),
                 cand(old, vec![1.0], Some(1.0)),
                 cand(plan, vec![1.0], Some(1.0)),
@@ -943,7 +979,7 @@ mod tests {
         answer.tokens = ApproxTokenCounter.count(&answer.content);
         let (idoc, ians) = (doc.id, answer.id);
         let pack = pack(
-            vec![
+            &[
                 cand(doc, vec![1.0], Some(2.0)),
                 cand(answer, vec![1.0], Some(1.0)),
             ],
@@ -973,10 +1009,10 @@ mod tests {
             item(Kind::Evidence, 1, 6, "r"),
         ];
         let pack = pack(
-            items
+            &items
                 .into_iter()
                 .map(|i| cand(i, vec![1.0], Some(1.0)))
-                .collect(),
+                .collect::<Vec<_>>(),
             &f.ctx(None, Policy::Full),
             10_000,
         );

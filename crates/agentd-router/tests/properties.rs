@@ -113,7 +113,7 @@ fn route(specs: &[Spec], policy: Policy, budget: u32, weights: &Weights) -> Cont
         policy,
         as_of_seq: None,
     };
-    pack(candidates(specs), &ctx, budget)
+    pack(&candidates(specs), &ctx, budget)
 }
 
 fn total_score(pack: &ContextPack) -> f32 {
