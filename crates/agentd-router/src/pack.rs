@@ -435,7 +435,6 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
             .total_cmp(&scored[a].score.total)
             .then(candidates[a].item.seq.cmp(&candidates[b].item.seq))
     });
-    let mut scored = scored;
     let entries: Vec<ManifestEntry> = order
         .iter()
         .map(|&i| {
