@@ -121,7 +121,7 @@ impl RouteBench {
                         superseded: false,
                     },
                     vector: Some(vector),
-                    bm25: (i % 3 == 0).then(|| 1.0 + (i % 17) as f32),
+                    bm25: (i % 3 == 0).then_some(1.0 + (i % 17) as f32),
                     sources: Sources::QUERY,
                 }
             })
