@@ -208,6 +208,18 @@ const O200K_PLAIN_TAIL: &str = r"|\s+";
 /// quadratic in the piece length.
 const LONG_PIECE: usize = 100;
 
+/// Pieces each thread's merge cache holds before it is cleared.
+const MERGE_CACHE_ENTRIES: usize = 1 << 16;
+
+/// Merge caches per thread: (address of the owning [`FastSplit`], piece -> token count). A
+/// process has at most one `FastSplit` per encoding (they live in statics), so the list has at
+/// most two entries.
+type MergeCaches = Vec<(usize, FxHashMap<Box<[u8]>, u32>)>;
+
+thread_local! {
+    static MERGE_CACHE: std::cell::RefCell<MergeCaches> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// One encoding's shared tables.
 struct FastBpe {
     core: CoreBPE,
@@ -350,10 +362,38 @@ impl FastSplit {
         } else if self.rank(bytes).is_some() {
             1
         } else if bytes.len() < LONG_PIECE {
-            self.merge_count(bytes)
+            self.cached_merge_count(bytes)
         } else {
             core.encode_ordinary(piece).len()
         }
+    }
+
+    /// [`Self::merge_count`] through a per-thread cache: text is Zipfian, so the same few
+    /// thousand out-of-vocabulary words make up most merges, and a lookup is several times
+    /// cheaper than a merge. Each cache holds at most [`MERGE_CACHE_ENTRIES`] pieces and is
+    /// cleared when full (no eviction bookkeeping on the hot path).
+    fn cached_merge_count(&self, piece: &[u8]) -> usize {
+        let me = self as *const Self as usize;
+        MERGE_CACHE.with(|caches| {
+            let mut caches = caches.borrow_mut();
+            let index = match caches.iter().position(|(owner, _)| *owner == me) {
+                Some(i) => i,
+                None => {
+                    caches.push((me, FxHashMap::default()));
+                    caches.len() - 1
+                }
+            };
+            let cache = &mut caches[index].1;
+            if let Some(&n) = cache.get(piece) {
+                return n as usize;
+            }
+            let n = self.merge_count(piece);
+            if cache.len() >= MERGE_CACHE_ENTRIES {
+                cache.clear();
+            }
+            cache.insert(piece.into(), n as u32);
+            n
+        })
     }
 
     /// Number of tokens byte-pair merging turns `piece` (2 to `LONG_PIECE - 1` bytes) into.

@@ -8,13 +8,16 @@
 //! Keys in sled: `i<id>` item record, `v<id>` embedding (f32 little-endian), `m<name>` metadata,
 //! `d<namespace>` a namespace deletion not yet applied to the text index.
 //!
-//! A write goes: validate, count tokens and embed (outside any lock, in parallel), then under the
-//! writer lock: add to tantivy and commit, apply one atomic sled batch and fsync, then publish to
-//! the in-memory catalog and vectors. The text index is committed *before* sled so a failing
-//! index write leaves nothing stored; a crash in between leaves index documents without items,
-//! which the catalog never admits and which are replaced if their sequence number is reused. On
-//! open, items newer than the text index's watermark are re-indexed, so a lost or rolled-back
-//! text index is repaired without duplicates.
+//! A write goes, under the writer lock: validate; assign ids, sequence numbers and versions;
+//! queue the text-index documents (tantivy's indexing thread starts on them); count tokens and
+//! embed (in parallel, while tantivy indexes); then write sled (one atomic batch and an fsync)
+//! and commit the text index side by side; then publish to the in-memory catalog and vectors,
+//! and acknowledge. If the sled write fails nothing is stored; if the index commit fails the
+//! items are taken back out of sled. Either way the batch's sequence numbers are never reused,
+//! so index documents of a failed write are orphans the catalog never admits. After a crash,
+//! items newer than the text index's commit watermark are re-indexed on open (replacing any
+//! document with the same sequence number), so nothing acknowledged is lost or duplicated.
+//! Embeddings of a batch are stored as one sled value (see [`encode_blob`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -45,6 +48,8 @@ const FORMAT: &str = "agentd-memory";
 const MARKER: &str = "STORE";
 /// Record encoding version (first byte of every item record).
 const RECORD_V1: u8 = 1;
+/// Batches at least this large write sled and commit the text index on two threads.
+const PARALLEL_COMMIT_MIN: usize = 64;
 /// Reciprocal rank fusion constant.
 const RRF_K: f32 = 60.0;
 
@@ -639,51 +644,72 @@ impl MemoryStore for EmbeddedStore {
             }
         };
 
-        // 2. sled, atomically, then fsync: from here on the items are durable.
-        let mut batch = sled::Batch::default();
-        for item in &stored {
-            batch.insert(&item_key(&item.id)[..], encode_item(item));
-        }
-        batch.insert(
-            &blob_key(first_seq)[..],
-            encode_blob(&stored, &vectors, self.embedder.dimension()),
-        );
-        batch.insert(meta_key("next_seq"), &next_seq.to_be_bytes()[..]);
-        if let Err(e) = self
-            .db
-            .apply_batch(batch)
-            .and_then(|()| match self.durability {
-                Durability::Fsync => self.db.flush().map(drop),
-                Durability::Background { .. } => Ok(()),
-            })
-        {
-            let _ = writer.index.rollback();
-            return Err(e.into());
-        }
-        // Sequence numbers are spent even if what follows fails: never reuse one.
+        // 2. sled (one atomic batch, then fsync) and 3. the text index commit (which waits for
+        //    tantivy's indexing thread), side by side for large batches. Sequence numbers are
+        //    spent whatever happens: never reuse one, so documents of a failed write that did
+        //    reach the text index can never be mistaken for a later item.
         writer.next_seq = next_seq;
-
-        // 3. Commit the text index (waits for its indexing thread). If that fails, take the
-        //    items back out of sled so a failed write stores nothing; a crash in between leaves
-        //    them in sled, and the catch-up on open indexes them.
-        if let Err(e) = self.text.commit(&mut writer.index, next_seq - 1) {
-            let _ = writer.index.rollback();
-            let mut undo = sled::Batch::default();
+        let dim = self.embedder.dimension();
+        let write_sled = || -> std::result::Result<(), sled::Error> {
+            let mut batch = sled::Batch::default();
             for item in &stored {
-                undo.remove(&item_key(&item.id)[..]);
+                batch.insert(&item_key(&item.id)[..], encode_item(item));
             }
-            undo.remove(&blob_key(first_seq)[..]);
-            if let Err(undo_err) = self
-                .db
-                .apply_batch(undo)
-                .and_then(|()| self.db.flush().map(drop))
-            {
-                tracing::error!(error = %undo_err, "could not undo a write whose indexing failed; it will be indexed on the next open");
+            batch.insert(&blob_key(first_seq)[..], encode_blob(&stored, &vectors, dim));
+            batch.insert(meta_key("next_seq"), &next_seq.to_be_bytes()[..]);
+            self.db.apply_batch(batch)?;
+            if self.durability == Durability::Fsync {
+                self.db.flush()?;
             }
-            return Err(e);
+            Ok(())
+        };
+        let index = &mut writer.index;
+        let (stored_ok, indexed) = if stored.len() >= PARALLEL_COMMIT_MIN {
+            std::thread::scope(|scope| {
+                let sled_side = scope.spawn(write_sled);
+                let indexed = self.text.commit(index, next_seq - 1);
+                let stored_ok = sled_side.join().unwrap_or_else(|_| {
+                    Err(sled::Error::ReportableBug(
+                        "the item store writer thread panicked".into(),
+                    ))
+                });
+                (stored_ok, indexed)
+            })
+        } else {
+            match write_sled() {
+                Ok(()) => (Ok(()), self.text.commit(index, next_seq - 1)),
+                Err(e) => (Err(e), Ok(())),
+            }
+        };
+        match (stored_ok, indexed) {
+            (Ok(()), Ok(())) => {}
+            (Err(e), _) => {
+                // Nothing acknowledged; index documents that got committed are orphans the
+                // catalog never admits.
+                let _ = writer.index.rollback();
+                return Err(e.into());
+            }
+            (Ok(()), Err(e)) => {
+                // Take the items back out of sled so a failed write stores nothing; a crash
+                // before this leaves them in sled, and the catch-up on open indexes them.
+                let _ = writer.index.rollback();
+                let mut undo = sled::Batch::default();
+                for item in &stored {
+                    undo.remove(&item_key(&item.id)[..]);
+                }
+                undo.remove(&blob_key(first_seq)[..]);
+                if let Err(undo_err) = self
+                    .db
+                    .apply_batch(undo)
+                    .and_then(|()| self.db.flush().map(drop))
+                {
+                    tracing::error!(error = %undo_err, "could not undo a write whose indexing failed; it will be indexed on the next open");
+                }
+                return Err(e);
+            }
         }
 
-        // 3. Publish.
+        // 4. Publish.
         let mut grew_large = false;
         {
             let mut state = self.shared.state.write();

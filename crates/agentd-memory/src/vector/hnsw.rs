@@ -507,6 +507,8 @@ const LEVEL_NONE: u8 = u8::MAX;
 const MAX_LEVEL: usize = 30;
 /// Largest accepted `m`.
 const MAX_M: usize = 1024;
+/// Largest `ef_construction` / `ef_search` accepted from serialised bytes.
+const MAX_EF: usize = 1 << 20;
 
 /// Segment index and offset of a node id.
 #[inline]
@@ -987,8 +989,7 @@ impl Hnsw {
             found.sort_unstable_by(|a, b| b.cmp(a));
             let selected = select_neighbours(space, &found, self.params.m);
             let ids: Vec<u32> = selected.iter().map(|c| c.id).collect();
-            if let Some(list) = self.links(node, l) {
-                let (seg, o) = self.slot(node).expect("claimed node has storage");
+            if let (Some(list), Some((seg, o))) = (self.links(node, l), self.slot(node)) {
                 let _g = seg.locks[o].lock();
                 write_list(list, &ids);
             }
@@ -1148,15 +1149,22 @@ impl Hnsw {
         }
     }
 
-    /// Approximate top-`k` by dot product, best first (ties by smaller id).
+    /// Approximate top-`k` by dot product, best first (ties by smaller id). Scores are exact
+    /// `f32` dot products.
     ///
-    /// `ef` is the candidate list size (raised to `k`); larger is more accurate and slower.
+    /// `ef` is the candidate list size (raised to `k`); larger is more accurate and slower
+    /// (see [`HnswParams::ef_search`] for the default).
+    ///
     /// `filter` restricts which nodes may appear in the result; the graph is still traversed
     /// through filtered-out nodes, and the search only stops once `ef` admitted nodes are
-    /// found (or the reachable graph is exhausted), so recall holds up under filtering but
-    /// cost grows roughly with `1 / selectivity`. When fewer than about 2–5% of the nodes
-    /// (or fewer than ~50k nodes) pass the filter, [`exact_top_k`] over the admitted ids is
-    /// cheaper and exact — callers should switch to it.
+    /// found (or the reachable graph is exhausted), so cost grows roughly with
+    /// `ef / selectivity`. A filtered search therefore needs a smaller `ef` (32–64) for the same
+    /// recall. Measured at 1M nodes (dim 256, k = 20): with 10% of nodes admitted it reaches
+    /// recall 0.99 in ~1 ms against ~24 ms for the exact filtered scan, but with 3% admitted it
+    /// needs ~25 ms for recall 0.97 against ~10 ms exact, and with 1% ~65 ms against ~5 ms.
+    /// **When fewer than about 5% of the nodes pass the filter, call [`exact_top_k`] with the
+    /// same filter instead**: it is faster there, and exact. A filter that admits fewer than
+    /// `ef` nodes in total makes this search walk the whole reachable graph.
     ///
     /// # Panics
     /// If `query.len() != dim` or `vectors` does not hold every inserted node.
@@ -1214,12 +1222,14 @@ impl Hnsw {
     /// Safe to call during concurrent inserts: the snapshot then holds a consistent subset
     /// (nodes whose insert had not started when their level byte was read are left out).
     pub fn to_bytes(&self) -> Vec<u8> {
+        // Entry first: its node was claimed (and counted in `id_bound`) before it became the
+        // entry, so the level snapshot below always contains it.
+        let entry = *self.entry.read();
         let slots = self.id_bound.load(MemOrder::Acquire);
         let levels: Vec<u8> = (0..slots)
             .map(|id| self.level_of(id as u32).map_or(LEVEL_NONE, |l| l as u8))
             .collect();
         let present = levels.iter().filter(|&&l| l != LEVEL_NONE).count();
-        let entry = *self.entry.read();
         let mut out = Vec::with_capacity(64 + slots + present * 4 * (self.m0 + 2));
         out.extend_from_slice(MAGIC);
         put_u32(&mut out, FORMAT_VERSION);
@@ -1312,6 +1322,9 @@ impl Hnsw {
         if !(2..=MAX_M).contains(&m) {
             return Err(HnswDecodeError::Invalid("m out of range"));
         }
+        if ef_construction > MAX_EF || ef_search > MAX_EF {
+            return Err(HnswDecodeError::Invalid("ef out of range"));
+        }
         let levels = r.bytes(slots)?;
         let params = HnswParams {
             m,
@@ -1320,9 +1333,6 @@ impl Hnsw {
             seed,
         };
         let index = Hnsw::new(dim, params);
-        if index.params.m != m {
-            return Err(HnswDecodeError::Invalid("m out of range"));
-        }
         if levels
             .iter()
             .any(|&l| l != LEVEL_NONE && l as usize > MAX_LEVEL)
@@ -1353,7 +1363,9 @@ impl Hnsw {
                 continue;
             }
             let id = id as u32;
-            let (seg, o) = index.slot(id).expect("reserved above");
+            let (seg, o) = index
+                .slot(id)
+                .ok_or(HnswDecodeError::Invalid("node storage missing"))?;
             seg.levels[o].store(lvl, MemOrder::Release);
             let lvl = lvl as usize;
             if lvl > 0 {
@@ -1376,7 +1388,9 @@ impl Hnsw {
                     }
                     ids.push(nb);
                 }
-                let list = index.links(id, l).expect("allocated above");
+                let list = index
+                    .links(id, l)
+                    .ok_or(HnswDecodeError::Invalid("node storage missing"))?;
                 write_list(list, &ids);
             }
         }
@@ -1782,6 +1796,30 @@ mod tests {
             b.insert(&more, id);
         }
         assert_eq!(b.len(), n as usize + 10);
+    }
+
+    #[test]
+    fn snapshots_taken_during_inserts_decode() {
+        let (n, dim) = (1200u32, 16);
+        let data = clustered(n as usize, dim, 12, 0.9, 18);
+        let index = Hnsw::new(dim, params());
+        std::thread::scope(|s| {
+            let (index, data) = (&index, &data);
+            s.spawn(move || {
+                for id in 0..n {
+                    index.insert(data, id);
+                }
+            });
+            s.spawn(move || {
+                for _ in 0..30 {
+                    let bytes = index.to_bytes();
+                    let snap = Hnsw::from_bytes(&bytes).expect("snapshot decodes");
+                    assert!(snap.len() <= n as usize);
+                }
+            });
+        });
+        let full = Hnsw::from_bytes(&index.to_bytes()).expect("final snapshot decodes");
+        assert_eq!(full.len(), n as usize);
     }
 
     #[test]
