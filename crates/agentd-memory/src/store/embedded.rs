@@ -748,27 +748,35 @@ impl MemoryStore for EmbeddedStore {
         let state = self.shared.state.read();
         let compiled = state.catalog.compile(filter);
         let namespaces = state.catalog.namespaces_of(&compiled);
+        let catalog = &state.catalog;
+        let seq_of = |s: &u32| catalog.entry(*s).seq;
+        // Each namespace's slots are in write order: scan from the cursor towards the wanted
+        // end and stop after `limit` matches, then merge the namespaces.
         let mut slots: Vec<u32> = Vec::new();
         for ns in &namespaces {
-            if let Some(entries) = state.catalog.namespaces.get(ns) {
-                slots.extend(entries.slots.iter().copied().filter(|&s| {
-                    let e = state.catalog.entry(s);
-                    state.catalog.matches(&compiled, e)
-                        && page.after_seq.is_none_or(|after| {
-                            if page.newest_first {
-                                e.seq < after
-                            } else {
-                                e.seq > after
-                            }
-                        })
-                }));
+            let Some(entries) = catalog.namespaces.get(ns) else {
+                continue;
+            };
+            let all = &entries.slots[..];
+            let admitted = |s: &&u32| catalog.matches(&compiled, catalog.entry(**s));
+            if page.newest_first {
+                let end = page
+                    .after_seq
+                    .map_or(all.len(), |after| all.partition_point(|s| seq_of(s) < after));
+                slots.extend(all[..end].iter().rev().filter(admitted).take(page.limit));
+            } else {
+                let start = page
+                    .after_seq
+                    .map_or(0, |after| all.partition_point(|s| seq_of(s) <= after));
+                slots.extend(all[start..].iter().filter(admitted).take(page.limit));
             }
         }
-        let seq_of = |s: &u32| state.catalog.entry(*s).seq;
-        if page.newest_first {
-            slots.sort_unstable_by_key(|s| std::cmp::Reverse(seq_of(s)));
-        } else {
-            slots.sort_unstable_by_key(seq_of);
+        if namespaces.len() > 1 {
+            if page.newest_first {
+                slots.sort_unstable_by_key(|s| std::cmp::Reverse(seq_of(s)));
+            } else {
+                slots.sort_unstable_by_key(seq_of);
+            }
         }
         slots.truncate(page.limit);
         self.read_slots(&slots, &state)
