@@ -655,7 +655,10 @@ impl MemoryStore for EmbeddedStore {
             for item in &stored {
                 batch.insert(&item_key(&item.id)[..], encode_item(item));
             }
-            batch.insert(&blob_key(first_seq)[..], encode_blob(&stored, &vectors, dim));
+            batch.insert(
+                &blob_key(first_seq)[..],
+                encode_blob(&stored, &vectors, dim),
+            );
             batch.insert(meta_key("next_seq"), &next_seq.to_be_bytes()[..]);
             self.db.apply_batch(batch)?;
             if self.durability == Durability::Fsync {
@@ -760,9 +763,9 @@ impl MemoryStore for EmbeddedStore {
             let all = &entries.slots[..];
             let admitted = |s: &&u32| catalog.matches(&compiled, catalog.entry(**s));
             if page.newest_first {
-                let end = page
-                    .after_seq
-                    .map_or(all.len(), |after| all.partition_point(|s| seq_of(s) < after));
+                let end = page.after_seq.map_or(all.len(), |after| {
+                    all.partition_point(|s| seq_of(s) < after)
+                });
                 slots.extend(all[..end].iter().rev().filter(admitted).take(page.limit));
             } else {
                 let start = page
