@@ -48,6 +48,14 @@ const FORMAT: &str = "agentd-memory";
 const MARKER: &str = "STORE";
 /// Record encoding version (first byte of every item record).
 const RECORD_V1: u8 = 1;
+/// The graph builder waits until no write came for this long...
+const GRAPH_QUIET_MS: u64 = 300;
+/// ...unless this many rows of a namespace wait for the graph.
+const GRAPH_TAIL_CAP: usize = 200_000;
+/// Rows per graph insertion step (the read lock is held for one step).
+const GRAPH_CHUNK: usize = 512;
+/// Rows per step when the backlog is large: big enough for the graph's quantised bulk build.
+const GRAPH_BULK_CHUNK: usize = 25_000;
 /// Batches at least this large write sled and commit the text index on two threads.
 const PARALLEL_COMMIT_MIN: usize = 64;
 /// Reciprocal rank fusion constant.
@@ -135,6 +143,8 @@ struct Shared {
     wake: Mutex<bool>,
     wake_cv: Condvar,
     shutdown: std::sync::atomic::AtomicBool,
+    /// When the last write was published (ms since the epoch).
+    last_write_ms: std::sync::atomic::AtomicU64,
 }
 
 /// The memory store on local disk. See the module docs for its layout and write protocol.
@@ -316,6 +326,7 @@ impl EmbeddedStore {
             wake: Mutex::new(true),
             wake_cv: Condvar::new(),
             shutdown: std::sync::atomic::AtomicBool::new(false),
+            last_write_ms: std::sync::atomic::AtomicU64::new(0),
         });
         let builder = {
             let shared = Arc::clone(&shared);
@@ -737,6 +748,7 @@ impl MemoryStore for EmbeddedStore {
             }
         }
         drop(writer);
+        self.shared.last_write_ms.store(now_ms(), Ordering::Release);
         if grew_large {
             self.wake_builder();
         }
@@ -1233,7 +1245,6 @@ fn load(path: &Path, db: &sled::Db, state: &mut State, dim: usize) -> Result<u64
 
 /// The background builder: keeps each large namespace's HNSW graph caught up with its rows.
 fn build_graphs(shared: &Shared) {
-    const CHUNK: usize = 512;
     loop {
         {
             let mut wake = shared.wake.lock();
@@ -1242,35 +1253,58 @@ fn build_graphs(shared: &Shared) {
             }
             *wake = false;
         }
-        if shared.shutdown.load(Ordering::Acquire) {
-            return;
-        }
         loop {
             if shared.shutdown.load(Ordering::Acquire) {
                 return;
             }
-            // Insert one chunk under the read lock (searches go on; writers wait at most a chunk).
-            let progressed = {
+            // While writes stream in, leave the cores to them unless the unindexed tail (which
+            // searches scan exactly) has grown past GRAPH_TAIL_CAP.
+            let tail = {
                 let state = shared.state.read();
-                let mut progressed = false;
-                for ns in state.vectors.ann_backlog() {
-                    let space = &state.vectors.spaces[&ns];
-                    let Some(ann) = space.ann.as_ref() else {
-                        continue;
-                    };
-                    let done = space.ann_rows.load(Ordering::Acquire);
-                    let end = (done + CHUNK).min(space.slots.len());
-                    ann.insert_range_parallel(&space.data, done as u32..end as u32);
-                    space.ann_rows.store(end, Ordering::Release);
-                    progressed = true;
-                }
-                progressed
+                state
+                    .vectors
+                    .ann_backlog()
+                    .iter()
+                    .map(|ns| {
+                        let space = &state.vectors.spaces[ns];
+                        space.slots.len() - space.ann_rows.load(Ordering::Acquire)
+                    })
+                    .max()
+                    .unwrap_or(0)
             };
-            if !progressed {
+            if tail == 0 {
                 break;
+            }
+            let quiet_for = now_ms().saturating_sub(shared.last_write_ms.load(Ordering::Acquire));
+            if quiet_for < GRAPH_QUIET_MS && tail < GRAPH_TAIL_CAP {
+                std::thread::sleep(Duration::from_millis(GRAPH_QUIET_MS / 2));
+                continue;
+            }
+            // Insert one chunk under the read lock: searches go on, writers wait for the chunk.
+            // Large backlogs go in big chunks, which the graph builds on quantised vectors.
+            let state = shared.state.read();
+            for ns in state.vectors.ann_backlog() {
+                let space = &state.vectors.spaces[&ns];
+                let Some(ann) = space.ann.as_ref() else {
+                    continue;
+                };
+                let done = space.ann_rows.load(Ordering::Acquire);
+                let backlog = space.slots.len() - done;
+                let chunk = if backlog >= GRAPH_BULK_CHUNK {
+                    GRAPH_BULK_CHUNK
+                } else {
+                    GRAPH_CHUNK
+                };
+                let end = done + chunk.min(backlog);
+                ann.insert_range_parallel(&space.data, done as u32..end as u32);
+                space.ann_rows.store(end, Ordering::Release);
             }
         }
     }
+}
+
+fn now_ms() -> u64 {
+    Timestamp::now().0
 }
 
 fn dir_size(path: &Path) -> u64 {
