@@ -27,6 +27,8 @@ pub const HEADER_TOKENS: u32 = 12;
 pub const GROUP_HEADER_TOKENS: u32 = 5;
 /// At most this many of the strongest candidates take part in link analysis.
 pub const LINK_CANDIDATES: usize = 48;
+/// Re-scorings per selection after which lazy greedy stops looking for a better near-tie.
+pub const RESCORE_LIMIT: usize = 64;
 /// Eligible sets at most this large are packed exactly (knapsack) as well as greedily.
 pub const EXACT_MAX_ITEMS: usize = 18;
 /// Budgets at most this large allow the exact packer.
@@ -587,6 +589,7 @@ fn select_rcr(
     let mut selected: Vec<usize> = Vec::new();
     let mut max_sim = vec![0.0f32; candidates.len()];
     let mut left = budget;
+    let mut rescored = 0usize;
     while let Some(mut e) = heap.pop() {
         if left < min_cost {
             // Nothing else can fit: the rest are out for budget, in any order.
@@ -626,8 +629,15 @@ fn select_rcr(
             e.seen = selected.len();
             let marginal = scored[i].score.total - w.redundancy * max_sim[i];
             e.density = marginal / scored[i].cost.max(1) as f32;
-            heap.push(e);
-            continue;
+            rescored += 1;
+            // Exact lazy greedy re-queues the item; among many near-ties that re-scores
+            // thousands of items per selection. After RESCORE_LIMIT re-scorings the item just
+            // re-scored is judged as it is (its score is exact; it may trail an unseen
+            // near-tie by a hair).
+            if rescored < RESCORE_LIMIT {
+                heap.push(e);
+                continue;
+            }
         }
         let marginal = scored[i].score.total - w.redundancy * max_sim[i];
         scored[i].score.redundancy = max_sim[i];
@@ -653,6 +663,7 @@ fn select_rcr(
                     },
                 ));
                 selected.push(i);
+                rescored = 0;
             }
         }
     }
