@@ -14,6 +14,7 @@ use std::time::Instant;
 use agentd_memory::embed::{Embedder, HashingEmbedder};
 use agentd_memory::synthetic::Corpus;
 use agentd_memory::tokens::default_token_counter;
+use agentd_memory::vector::QuantizedVector;
 use agentd_memory::{
     EmbeddedStore, ItemId, Kind, MemoryItem, MemoryStore, Producer, Readers, StoreOptions,
     Timestamp,
@@ -120,7 +121,7 @@ impl RouteBench {
                         readers: Readers::All,
                         superseded: false,
                     },
-                    vector: Some(vector),
+                    vector: Some(QuantizedVector::quantize(&vector)),
                     bm25: (i % 3 == 0).then_some(1.0 + (i % 17) as f32),
                     sources: Sources::QUERY,
                 }

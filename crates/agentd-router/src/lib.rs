@@ -347,7 +347,9 @@ impl Router {
             .collect();
         let ids: Vec<ItemId> = candidates.iter().map(|c| c.item.id).collect();
         for (c, v) in candidates.iter_mut().zip(self.store.embeddings(&ids)?) {
-            c.vector = v;
+            c.vector = v
+                .as_deref()
+                .map(agentd_memory::vector::QuantizedVector::quantize);
         }
         candidates.sort_unstable_by_key(|c| c.item.seq);
         Ok(candidates)

@@ -3,6 +3,7 @@
 //! superset of `rcr`.
 
 use agentd_memory::tokens::ApproxTokenCounter;
+use agentd_memory::vector::QuantizedVector;
 use agentd_memory::{ItemId, Kind, MemoryItem, Producer, Readers, Timestamp};
 use agentd_router::{
     Candidate, ContextPack, Policy, RoleProfile, ScoringContext, Sources, StageProfile, Weights,
@@ -89,7 +90,9 @@ fn candidates(specs: &[Spec]) -> Vec<Candidate> {
                     },
                     superseded: s.superseded,
                 },
-                vector: Some(s.vector.iter().map(|x| x / norm).collect()),
+                vector: Some(QuantizedVector::quantize(
+                    &s.vector.iter().map(|x| x / norm).collect::<Vec<f32>>(),
+                )),
                 bm25: s.bm25,
                 sources: Sources::QUERY,
             }

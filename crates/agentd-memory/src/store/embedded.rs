@@ -1281,7 +1281,9 @@ fn build_graphs(shared: &Shared) {
                 continue;
             }
             // Insert one chunk under the read lock: searches go on, writers wait for the chunk.
-            // Large backlogs go in big chunks, which the graph builds on quantised vectors.
+            // When writes have paused, large backlogs go in big chunks, which the graph builds
+            // on quantised vectors; while they stream in, small chunks keep writers moving.
+            let quiet = quiet_for >= GRAPH_QUIET_MS;
             let state = shared.state.read();
             for ns in state.vectors.ann_backlog() {
                 let space = &state.vectors.spaces[&ns];
@@ -1290,7 +1292,7 @@ fn build_graphs(shared: &Shared) {
                 };
                 let done = space.ann_rows.load(Ordering::Acquire);
                 let backlog = space.slots.len() - done;
-                let chunk = if backlog >= GRAPH_BULK_CHUNK {
+                let chunk = if quiet && backlog >= GRAPH_BULK_CHUNK {
                     GRAPH_BULK_CHUNK
                 } else {
                     GRAPH_CHUNK

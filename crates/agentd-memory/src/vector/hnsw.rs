@@ -156,7 +156,7 @@ fn dot_avx2_fma(a: &[f32], b: &[f32]) -> f32 {
 /// Hint the CPU to start loading a vector we are about to score (1 KiB at dim 256: the
 /// hardware prefetcher alone only catches up after the first few cache lines).
 #[inline(always)]
-fn prefetch_lines<T>(v: &[T]) {
+pub(crate) fn prefetch_lines<T>(v: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
@@ -176,7 +176,7 @@ fn prefetch_lines<T>(v: &[T]) {
 /// dimensions). Integer addition is associative, so the compiler vectorises the plain loop;
 /// with AVX2 (checked at run time) it becomes sign-extend + multiply-add on 16 lanes.
 #[inline]
-fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
+pub(crate) fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {
