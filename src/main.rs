@@ -45,6 +45,9 @@ struct RouteArgs {
     /// Route over a store of this many synthetic documents, retrieval included.
     #[arg(long)]
     store_items: Option<u64>,
+    /// Store directory for --store-items; a store left by `bench memory --dir` is reused.
+    #[arg(long)]
+    store_dir: Option<PathBuf>,
     /// Corpus seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
@@ -90,6 +93,9 @@ struct MemoryArgs {
     /// Namespaces from this many items get an HNSW graph (default: the store's).
     #[arg(long)]
     ann_min_rows: Option<usize>,
+    /// Also measure vector recall and latency at these HNSW search breadths (e.g. 256,512).
+    #[arg(long, value_delimiter = ',')]
+    ef_sweep: Vec<usize>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
@@ -114,7 +120,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn bench_route(args: RouteArgs) -> anyhow::Result<()> {
-    if args.iterations == 0 || (args.store_items.is_none() && args.candidates == 0) {
+    if args.iterations == 0
+        || (args.store_items.is_none() && args.store_dir.is_none() && args.candidates == 0)
+    {
         anyhow::bail!("--iterations and --candidates must be at least 1");
     }
     let bench = RouteBench {
@@ -122,6 +130,7 @@ fn bench_route(args: RouteArgs) -> anyhow::Result<()> {
         budget: args.budget,
         iterations: args.iterations,
         store_items: args.store_items,
+        store_dir: args.store_dir,
         seed: args.seed,
     };
     let report = bench.run(|line| eprintln!("bench route: {line}"))?;
@@ -159,6 +168,7 @@ fn bench_memory(args: MemoryArgs) -> anyhow::Result<()> {
         dir: args.dir,
         seed: args.seed,
         ann_min_rows: args.ann_min_rows,
+        ef_sweep: args.ef_sweep,
     };
     let report = bench.run(|line| eprintln!("bench memory: {line}"))?;
     print_report(&report, args.json)

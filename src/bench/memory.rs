@@ -41,6 +41,21 @@ pub struct MemoryBench {
     pub seed: u64,
     /// Namespaces from this size get an HNSW graph (the store's default when `None`).
     pub ann_min_rows: Option<usize>,
+    /// HNSW search breadths to measure vector recall and latency at (besides the default).
+    pub ef_sweep: Vec<usize>,
+}
+
+/// Vector search at one HNSW search breadth.
+#[derive(Clone, Debug, Serialize)]
+pub struct EfPoint {
+    /// Search breadth.
+    pub ef: usize,
+    /// Mean recall@k against an exact scan.
+    pub recall: f64,
+    /// Latency, median.
+    pub p50_ms: f64,
+    /// Latency, 95th percentile.
+    pub p95_ms: f64,
 }
 
 /// The figures a run produces (printed as one JSON object).
@@ -80,6 +95,8 @@ pub struct MemoryBenchReport {
     pub queries: u64,
     /// Result size.
     pub k: usize,
+    /// Vector recall and latency at other search breadths.
+    pub ef_sweep: Vec<EfPoint>,
 }
 
 /// Errors of a benchmark run.
@@ -91,6 +108,9 @@ pub enum BenchError {
     /// The embedder could not be built.
     #[error(transparent)]
     Embed(#[from] agentd_memory::embed::EmbedError),
+    /// The benchmark needs a new store.
+    #[error("{0} already holds a store with items; benchmark into an empty or new directory")]
+    NotEmpty(PathBuf),
     /// A temporary directory could not be made.
     #[error("creating a temporary directory: {0}")]
     Io(#[from] std::io::Error),
@@ -113,6 +133,9 @@ impl MemoryBench {
             options.ann_min_rows = rows;
         }
         let store = EmbeddedStore::open(&dir, options)?;
+        if store.count(&Filter::default())? > 0 {
+            return Err(BenchError::NotEmpty(dir));
+        }
         let corpus = Corpus::new(self.seed);
         let ns = "bench";
 
@@ -175,20 +198,40 @@ impl MemoryBench {
         let mut hybrid = timed(SearchMode::Hybrid)?;
 
         progress("measuring recall against an exact scan");
-        let mut recall_sum = 0.0;
-        let recall_queries = self.recall_queries.min(self.queries).max(1);
-        for (text, v) in texts.iter().zip(&vectors).take(recall_queries as usize) {
-            let exact = store.exact_vector_search(v, &filter, self.k);
-            let approx = store.search(
-                &SearchQuery::new(text, SearchMode::Vector).with_vector(v),
-                &filter,
-                self.k,
-            )?;
-            let found = exact
-                .iter()
-                .filter(|(id, _)| approx.iter().any(|h| h.item.id == *id))
-                .count();
-            recall_sum += found as f64 / exact.len().max(1) as f64;
+        let recall_queries = self.recall_queries.min(self.queries).max(1) as usize;
+        let exact: Vec<Vec<(agentd_memory::ItemId, f32)>> = vectors
+            .iter()
+            .take(recall_queries)
+            .map(|v| store.exact_vector_search(v, &filter, self.k))
+            .collect();
+        let recall = || -> Result<f64, BenchError> {
+            let mut sum = 0.0;
+            for ((text, v), exact) in texts.iter().zip(&vectors).zip(&exact) {
+                let approx = store.search(
+                    &SearchQuery::new(text, SearchMode::Vector).with_vector(v),
+                    &filter,
+                    self.k,
+                )?;
+                let found = exact
+                    .iter()
+                    .filter(|(id, _)| approx.iter().any(|h| h.item.id == *id))
+                    .count();
+                sum += found as f64 / exact.len().max(1) as f64;
+            }
+            Ok(sum / exact.len().max(1) as f64)
+        };
+        let vector_recall_at_20 = recall()?;
+        let mut ef_sweep = Vec::new();
+        for &ef in &self.ef_sweep {
+            store.set_ef_search(ef);
+            let mut ms = timed(SearchMode::Vector)?;
+            ef_sweep.push(EfPoint {
+                ef,
+                recall: recall()?,
+                p50_ms: percentile(&mut ms, 50.0),
+                p95_ms: percentile(&mut ms, 95.0),
+            });
+            progress(&format!("ef {ef}: {:?}", ef_sweep.last()));
         }
 
         Ok(MemoryBenchReport {
@@ -201,7 +244,7 @@ impl MemoryBench {
             bm25_p95_ms: percentile(&mut bm25, 95.0),
             vector_p50_ms: percentile(&mut vector, 50.0),
             vector_p95_ms: percentile(&mut vector, 95.0),
-            vector_recall_at_20: recall_sum / recall_queries as f64,
+            vector_recall_at_20,
             hybrid_p50_ms: percentile(&mut hybrid, 50.0),
             hybrid_p95_ms: percentile(&mut hybrid, 95.0),
             query_embed_p50_ms: percentile(&mut embed_ms, 50.0),
@@ -209,6 +252,7 @@ impl MemoryBench {
             rss_peak_mb: rss_peak_mb(),
             queries: self.queries,
             k: self.k,
+            ef_sweep,
         })
     }
 }

@@ -16,7 +16,7 @@ use agentd_memory::synthetic::Corpus;
 use agentd_memory::tokens::default_token_counter;
 use agentd_memory::vector::QuantizedVector;
 use agentd_memory::{
-    EmbeddedStore, ItemId, Kind, MemoryItem, MemoryStore, Producer, Readers, StoreOptions,
+    EmbeddedStore, Filter, ItemId, Kind, MemoryItem, MemoryStore, Producer, Readers, StoreOptions,
     Timestamp,
 };
 use agentd_router::{
@@ -39,6 +39,9 @@ pub struct RouteBench {
     pub iterations: usize,
     /// Store size for the store-backed mode.
     pub store_items: Option<u64>,
+    /// Store directory for the store-backed mode: reused if it already holds the benchmark's
+    /// documents (e.g. from `agentd bench memory --dir`), else filled (temporary when `None`).
+    pub store_dir: Option<std::path::PathBuf>,
     /// Corpus seed.
     pub seed: u64,
 }
@@ -85,9 +88,9 @@ fn stage() -> StageProfile {
 impl RouteBench {
     /// Runs the benchmark.
     pub fn run(&self, mut progress: impl FnMut(&str)) -> Result<RouteBenchReport, BenchError> {
-        match self.store_items {
-            None => Ok(self.in_memory()),
-            Some(n) => self.store_backed(n, &mut progress),
+        match (self.store_items, &self.store_dir) {
+            (None, None) => Ok(self.in_memory()),
+            (n, _) => self.store_backed(n.unwrap_or(0), &mut progress),
         }
     }
 
@@ -178,12 +181,26 @@ impl RouteBench {
         progress: &mut dyn FnMut(&str),
     ) -> Result<RouteBenchReport, BenchError> {
         let tmp = tempfile::Builder::new().prefix("agentd-bench-").tempdir()?;
+        let dir = self
+            .store_dir
+            .clone()
+            .unwrap_or_else(|| tmp.path().join("store"));
         let embedder: Arc<dyn Embedder> = Arc::new(HashingEmbedder::default());
         let options = StoreOptions::new(Arc::clone(&embedder), default_token_counter());
-        let store = Arc::new(EmbeddedStore::open(tmp.path().join("store"), options)?);
-        let corpus = Corpus::new(self.seed);
         let start = Instant::now();
-        let mut next = 0u64;
+        let store = Arc::new(EmbeddedStore::open(&dir, options)?);
+        let corpus = Corpus::new(self.seed);
+        let existing = store.count(&Filter::namespace("bench"))? as u64;
+        if existing > 0 {
+            progress(&format!(
+                "reusing {existing} items in {} (opened in {:.1} s)",
+                dir.display(),
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        let items = if existing > 0 { existing } else { items };
+        let start = Instant::now();
+        let mut next = existing;
         while next < items {
             let end = (next + 5_000).min(items);
             store.put_batch((next..end).map(|i| corpus.item("bench", i)).collect())?;

@@ -547,4 +547,46 @@ fn large_namespaces_use_the_graph_and_still_see_fresh_writes() {
             .count();
     }
     assert!(agree >= 180, "recall@10 of the graph: {agree}/200");
+
+    // The graph is saved on close and reused on open; results are the same.
+    let probe = common::synthetic_text(20_000);
+    let before: Vec<_> = store
+        .search(
+            &SearchQuery::new(&probe, SearchMode::Vector),
+            &Filter::namespace("big"),
+            10,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|h| h.item.id)
+        .collect();
+    drop(store);
+    let saved = std::fs::read_dir(dir.path().join("graphs"))
+        .unwrap()
+        .count();
+    assert_eq!(saved, 1, "one graph file for the one large namespace");
+    let mut opts = options();
+    opts.ann_min_rows = 500;
+    let store = EmbeddedStore::open(dir.path(), opts).unwrap();
+    let after: Vec<_> = store
+        .search(
+            &SearchQuery::new(&probe, SearchMode::Vector),
+            &Filter::namespace("big"),
+            10,
+        )
+        .unwrap()
+        .into_iter()
+        .map(|h| h.item.id)
+        .collect();
+    assert_eq!(before, after);
+    // A damaged graph file is ignored (rebuilt), never an error.
+    drop(store);
+    for f in std::fs::read_dir(dir.path().join("graphs")).unwrap() {
+        std::fs::write(f.unwrap().path(), b"AGDHNSW1 garbage").unwrap();
+    }
+    let mut opts = options();
+    opts.ann_min_rows = 500;
+    let store = EmbeddedStore::open(dir.path(), opts).unwrap();
+    store.wait_for_vector_index();
+    assert_eq!(store.count(&Filter::namespace("big")).unwrap(), 1501);
 }

@@ -89,6 +89,9 @@ pub struct CandidateLimits {
     pub bridge_hits: usize,
     /// Stage priority from which a kind counts as prioritised.
     pub stage_priority: f32,
+    /// Approximate vector search breadth of candidate searches (large namespaces only):
+    /// candidate generation needs good hits, not the exact top-k, and is on every route.
+    pub ef: usize,
 }
 
 impl Default for CandidateLimits {
@@ -101,6 +104,7 @@ impl Default for CandidateLimits {
             bridge_sources: 4,
             bridge_hits: 4,
             stage_priority: 0.5,
+            ef: 256,
         }
     }
 }
@@ -255,7 +259,7 @@ impl Router {
         let base = self.base_filter(req);
         let readable = base.clone().reader(req.role.name.clone());
         let search = |text: &str, vector: Option<&[f32]>, filter: &Filter, k: usize| {
-            let mut q = SearchQuery::new(text, SearchMode::Hybrid);
+            let mut q = SearchQuery::new(text, SearchMode::Hybrid).with_ef(self.limits.ef);
             q.vector = vector;
             self.store.search(&q, filter, k)
         };

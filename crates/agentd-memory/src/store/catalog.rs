@@ -134,6 +134,18 @@ pub(crate) struct Entry {
 pub(crate) struct NamespaceEntries {
     /// Slots of the namespace's items, in write (sequence) order.
     pub slots: Vec<u32>,
+    /// Items per kind, so a listing of absent kinds costs nothing.
+    pub kinds: IntMap<Sym, u32>,
+}
+
+impl NamespaceEntries {
+    /// Whether the namespace may hold items passing `filter`'s kind restriction.
+    pub fn may_hold(&self, filter: &CompiledFilter) -> bool {
+        filter
+            .kinds
+            .as_ref()
+            .is_none_or(|kinds| kinds.iter().any(|k| self.kinds.contains_key(k)))
+    }
 }
 
 /// Metadata of all live items.
@@ -245,7 +257,9 @@ impl Catalog {
                 }
             }
         }
-        self.namespaces.entry(ns).or_default().slots.push(slot);
+        let ns_entries = self.namespaces.entry(ns).or_default();
+        ns_entries.slots.push(slot);
+        *ns_entries.kinds.entry(kind).or_default() += 1;
         self.by_id.insert(entry.id, slot);
         self.by_seq.insert(entry.seq, slot);
         self.entries[slot as usize] = Some(entry);

@@ -48,6 +48,10 @@ pub struct SearchQuery<'a> {
     pub vector: Option<&'a [f32]>,
     /// Ranking.
     pub mode: SearchMode,
+    /// Breadth of the approximate vector search for this query (large namespaces only):
+    /// higher finds more of the exact nearest neighbours and costs more. `None`: the store's
+    /// default.
+    pub ef: Option<usize>,
 }
 
 impl<'a> SearchQuery<'a> {
@@ -57,7 +61,14 @@ impl<'a> SearchQuery<'a> {
             text,
             vector: None,
             mode,
+            ef: None,
         }
+    }
+
+    /// Sets the approximate search breadth for this query.
+    pub fn with_ef(mut self, ef: usize) -> Self {
+        self.ef = Some(ef);
+        self
     }
 
     /// Uses a precomputed embedding.

@@ -165,3 +165,105 @@ fn estimate_selectivity(space: &NamespaceVectors, admit: &impl Fn(u32) -> bool) 
     let admitted = (0..samples).filter(|i| admit((i * step) as u32)).count();
     admitted as f64 / samples as f64
 }
+
+/// Saved HNSW graphs: `<dir>/<hash of namespace>.hnsw`, written on a clean close so a restart
+/// does not rebuild large graphs. Layout: magic, namespace (length-prefixed), rows covered, the
+/// sequence number of the last covered row, then [`Hnsw::to_bytes`]. A file is used only if the
+/// namespace's row `rows - 1` still holds that sequence number (rows are appended in sequence
+/// order and sequence numbers are never reused, so this proves the covered rows are unchanged);
+/// anything else is ignored and the graph is rebuilt.
+pub(crate) mod saved {
+    use std::path::{Path, PathBuf};
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
+
+    use super::VectorIndex;
+    use crate::store::catalog::Catalog;
+    use crate::vector::hnsw::Hnsw;
+
+    const MAGIC: &[u8; 8] = b"AGDHNSW1";
+
+    fn file_for(dir: &Path, namespace: &str) -> PathBuf {
+        // FNV-1a: a stable, short file name for any namespace.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in namespace.as_bytes() {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        dir.join(format!("{h:016x}.hnsw"))
+    }
+
+    /// Writes every graph (best effort: a failure only costs a rebuild on the next open).
+    pub fn save(dir: &Path, index: &VectorIndex, catalog: &Catalog) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        for (ns, space) in &index.spaces {
+            let Some(ann) = &space.ann else { continue };
+            let rows = space
+                .ann_rows
+                .load(Ordering::Acquire)
+                .min(space.slots.len());
+            if rows == 0 {
+                continue;
+            }
+            let name = catalog.syms.name(*ns);
+            let last_seq = catalog.entry(space.slots[rows - 1]).seq;
+            let mut out = Vec::new();
+            out.extend_from_slice(MAGIC);
+            out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&(rows as u64).to_le_bytes());
+            out.extend_from_slice(&last_seq.to_le_bytes());
+            out.extend_from_slice(&ann.to_bytes());
+            let path = file_for(dir, name);
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, &out)?;
+            std::fs::rename(&tmp, &path)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the saved graphs that still match; returns how many were used.
+    pub fn load(dir: &Path, index: &mut VectorIndex, catalog: &Catalog) -> usize {
+        let mut used = 0;
+        for (ns, space) in index.spaces.iter_mut() {
+            let Some(ann) = &space.ann else { continue };
+            if !ann.is_empty() {
+                continue;
+            }
+            let name = catalog.syms.name(*ns);
+            let Ok(bytes) = std::fs::read(file_for(dir, name)) else {
+                continue;
+            };
+            let parsed = (|| {
+                let rest = bytes.strip_prefix(MAGIC)?;
+                let len = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+                let stored = rest.get(4..4 + len)?;
+                let rest = &rest[4 + len..];
+                let rows = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?) as usize;
+                let last_seq = u64::from_le_bytes(rest.get(8..16)?.try_into().ok()?);
+                (stored == name.as_bytes()
+                    && rows > 0
+                    && rows <= space.slots.len()
+                    && catalog.entry(space.slots[rows - 1]).seq == last_seq)
+                    .then(|| Hnsw::from_bytes(&rest[16..]).ok())
+                    .flatten()
+                    .filter(|g| g.len() == rows && g.dim() == index_dim(space))
+                    .map(|g| (g, rows))
+            })();
+            if let Some((graph, rows)) = parsed {
+                space.ann = Some(Arc::new(graph));
+                space.ann_rows.store(rows, Ordering::Release);
+                used += 1;
+            }
+        }
+        used
+    }
+
+    fn index_dim(space: &super::NamespaceVectors) -> usize {
+        space.data.len() / space.slots.len().max(1)
+    }
+
+    /// Removes a namespace's saved graph, if any.
+    pub fn remove(dir: &Path, namespace: &str) {
+        let _ = std::fs::remove_file(file_for(dir, namespace));
+    }
+}
