@@ -206,10 +206,14 @@ impl RouteBench {
             store.put_batch((next..end).map(|i| corpus.item("bench", i)).collect())?;
             next = end;
         }
-        progress(&format!(
-            "ingested {items} items in {:.1} s; waiting for the vector index",
-            start.elapsed().as_secs_f64()
-        ));
+        if items > existing {
+            progress(&format!(
+                "ingested {} items in {:.1} s",
+                items - existing,
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        progress("waiting for the vector index");
         store.wait_for_vector_index();
         let router = Router::new(Arc::clone(&store) as Arc<dyn MemoryStore>);
         let (role, stage, weights) = (role(), stage(), Weights::default());
