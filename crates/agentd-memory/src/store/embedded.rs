@@ -3,7 +3,9 @@
 //! Layout of a store directory:
 //! - `STORE`: a marker with the format name and on-disk schema version (written first);
 //! - `items/`: sled, the source of truth: items, their embeddings, store metadata;
-//! - `text/`: tantivy, the BM25 index, derived from sled and caught up on open.
+//! - `text/`: tantivy, the BM25 index, derived from sled and caught up on open;
+//! - `graphs/`: HNSW graphs of large namespaces, saved on a clean close and reused on open
+//!   when they still match (derived; deleting them only costs a rebuild).
 //!
 //! Keys in sled: `i<id>` item record, `v<id>` embedding (f32 little-endian), `m<name>` metadata,
 //! `d<namespace>` a namespace deletion not yet applied to the text index.
