@@ -42,6 +42,17 @@ fn put_get_and_read_your_writes_in_every_search_mode() {
         assert_eq!(hits[0].item.id, item.id, "{mode:?}");
         assert!(hits[0].score > 0.0);
     }
+    // An absurd result size is clamped, not a panic.
+    for mode in [SearchMode::Bm25, SearchMode::Vector, SearchMode::Hybrid] {
+        let hits = store
+            .search(
+                &SearchQuery::new("Eiffel", mode),
+                &Filter::namespace("run-1"),
+                usize::MAX,
+            )
+            .unwrap();
+        assert_eq!(hits.len(), 1, "{mode:?}");
+    }
     // Another namespace sees nothing.
     let hits = store
         .search(

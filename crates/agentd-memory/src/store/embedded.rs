@@ -852,6 +852,12 @@ impl MemoryStore for EmbeddedStore {
             query.clone()
         };
         let state = self.shared.state.read();
+        // No search can return more than the store holds; this also keeps a huge `k` from
+        // sizing buffers after it.
+        let k = k.min(state.catalog.len());
+        if k == 0 {
+            return Ok(Vec::new());
+        }
         let compiled = state.catalog.compile(filter);
         let ranked: Vec<(u32, f32, Option<f32>, Option<f32>)> = match query.mode {
             SearchMode::Bm25 => self

@@ -124,9 +124,10 @@ impl VectorIndex {
                     || estimate_selectivity(space, &admit) >= ANN_MIN_SELECTIVITY);
             let rows: Vec<(u32, f32)> = if use_ann {
                 let ann = space.ann.as_ref().expect("checked");
-                let mut found = ann.search(&space.data, query, k, ef.max(k), |row| {
-                    (row as usize) < ann_rows && admit(row)
-                });
+                let mut found =
+                    ann.search(&space.data, query, k, ef.max(k).min(space.rows()), |row| {
+                        (row as usize) < ann_rows && admit(row)
+                    });
                 // Rows appended since the graph last caught up: exact.
                 let tail_start = ann_rows;
                 let tail = &space.data[tail_start * self.dim..];
