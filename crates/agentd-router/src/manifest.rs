@@ -157,7 +157,8 @@ pub struct Manifest {
     pub tokens_used: u32,
     /// Memory as of this sequence number (the store's newest at routing time).
     pub as_of_seq: Option<u64>,
-    /// Every candidate, best score first.
+    /// Every candidate, in the order the router considered them (write order); sort by
+    /// `score.total` for a ranking.
     pub entries: Vec<ManifestEntry>,
 }
 

@@ -444,24 +444,10 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
         HEADER_TOKENS + GROUP_HEADER_TOKENS * used_kinds.len() as u32 + items_tokens
     };
 
-    // Best total first, then write order: sort integer keys (an order-preserving map of the
-    // f32 bits) rather than comparing floats through closures.
-    let mut order: Vec<(u32, u64, u32)> = (0..n)
+    // Entries in candidate order (write order from the router): consumers sort as they like,
+    // and a 10,000-candidate route does not pay for a sort nobody reads.
+    let entries: Vec<ManifestEntry> = (0..n)
         .map(|i| {
-            let bits = scored[i].score.total.to_bits();
-            let key = if bits >> 31 == 1 {
-                !bits
-            } else {
-                bits | 1 << 31
-            };
-            (!key, candidates[i].item.seq, i as u32)
-        })
-        .collect();
-    order.sort_unstable();
-    let order: Vec<usize> = order.into_iter().map(|(_, _, i)| i as usize).collect();
-    let entries: Vec<ManifestEntry> = order
-        .iter()
-        .map(|&i| {
             let c = &candidates[i];
             let s = &scored[i];
             ManifestEntry {
