@@ -568,7 +568,7 @@ fn select_rcr(
     };
 
     // Lazy greedy. Items below the threshold on their own never get in: decide them up front.
-    let mut outcome: Vec<(usize, Decision)> = Vec::new();
+    let mut outcome: Vec<(usize, Decision)> = Vec::with_capacity(eligible.len());
     let mut min_cost = u32::MAX;
     let mut pool: Vec<usize> = Vec::with_capacity(eligible.len());
     for &i in &eligible {
