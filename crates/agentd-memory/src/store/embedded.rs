@@ -60,8 +60,9 @@ pub const DEFAULT_EF_SEARCH: usize = 1280;
 const GRAPH_QUIET_MS: u64 = 300;
 /// ...unless this many rows of a namespace wait for the graph.
 const GRAPH_TAIL_CAP: usize = 200_000;
-/// Rows per graph insertion step (the read lock is held for one step).
-const GRAPH_CHUNK: usize = 512;
+/// Rows per graph insertion step while writes stream in (the read lock is held for one step,
+/// and a writer publishing a batch waits for it: keep it to a few tens of milliseconds).
+const GRAPH_CHUNK: usize = 64;
 /// Rows per step when the backlog is large: big enough for the graph's quantised bulk build.
 const GRAPH_BULK_CHUNK: usize = 25_000;
 /// Batches at least this large write sled and commit the text index on two threads.
@@ -1336,7 +1337,14 @@ fn build_graphs(shared: &Shared) {
                     GRAPH_CHUNK
                 };
                 let end = done + chunk.min(backlog);
-                ann.insert_range_parallel(&space.data, done as u32..end as u32);
+                if quiet {
+                    ann.insert_range_parallel(&space.data, done as u32..end as u32);
+                } else {
+                    // Writes are streaming in: one core for the graph, the other for them.
+                    for row in done..end {
+                        ann.insert(&space.data, row as u32);
+                    }
+                }
                 space.ann_rows.store(end, Ordering::Release);
             }
         }
