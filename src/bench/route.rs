@@ -94,6 +94,31 @@ impl RouteBench {
         }
     }
 
+    /// Summarises timed routes (latencies in µs, summed tokens and selected items).
+    fn report(
+        &self,
+        mode: &'static str,
+        candidates: f64,
+        store_items: u64,
+        mut micros: Vec<f64>,
+        tokens: u64,
+        selected: u64,
+    ) -> RouteBenchReport {
+        let n = micros.len().max(1) as f64;
+        RouteBenchReport {
+            mode,
+            candidates,
+            budget: self.budget,
+            store_items,
+            p50_us: percentile(&mut micros, 50.0),
+            p95_us: percentile(&mut micros, 95.0),
+            p99_us: percentile(&mut micros, 99.0),
+            tokens_used: tokens as f64 / n,
+            items_selected: selected as f64 / n,
+            iterations: micros.len(),
+        }
+    }
+
     fn in_memory(&self) -> RouteBenchReport {
         let corpus = Corpus::new(self.seed);
         let embedder = HashingEmbedder::default();
@@ -160,19 +185,8 @@ impl RouteBench {
             }
             drop(pack);
         }
-        let n = micros.len().max(1) as f64;
-        RouteBenchReport {
-            mode: "in_memory",
-            candidates: self.candidates as f64,
-            budget: self.budget,
-            store_items: 0,
-            p50_us: percentile(&mut micros, 50.0),
-            p95_us: percentile(&mut micros, 95.0),
-            p99_us: percentile(&mut micros, 99.0),
-            tokens_used: tokens as f64 / n,
-            items_selected: selected as f64 / n,
-            iterations: micros.len(),
-        }
+        let candidates = self.candidates as f64;
+        self.report("in_memory", candidates, 0, micros, tokens, selected)
     }
 
     fn store_backed(
@@ -248,18 +262,7 @@ impl RouteBench {
                 considered += pack.manifest.entries.len() as u64;
             }
         }
-        let n = micros.len().max(1) as f64;
-        Ok(RouteBenchReport {
-            mode: "store",
-            candidates: considered as f64 / n,
-            budget: self.budget,
-            store_items: items,
-            p50_us: percentile(&mut micros, 50.0),
-            p95_us: percentile(&mut micros, 95.0),
-            p99_us: percentile(&mut micros, 99.0),
-            tokens_used: tokens as f64 / n,
-            items_selected: selected as f64 / n,
-            iterations: micros.len(),
-        })
+        let candidates = considered as f64 / micros.len().max(1) as f64;
+        Ok(self.report("store", candidates, items, micros, tokens, selected))
     }
 }
