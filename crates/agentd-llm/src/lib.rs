@@ -1,0 +1,1 @@
+//! LLM clients for agentd (placeholder: being written).

@@ -1,0 +1,1 @@
+//! The agentd runtime (being written).

@@ -1,0 +1,1 @@
+//! The agentd workflow language (placeholder: being written).
