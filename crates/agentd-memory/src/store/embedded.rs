@@ -154,6 +154,8 @@ struct Shared {
     shutdown: std::sync::atomic::AtomicBool,
     /// When the last write was published (ms since the epoch).
     last_write_ms: std::sync::atomic::AtomicU64,
+    /// Sequence number of the newest published item (0: none).
+    last_seq: std::sync::atomic::AtomicU64,
 }
 
 /// The memory store on local disk. See the module docs for its layout and write protocol.
@@ -341,6 +343,7 @@ impl EmbeddedStore {
             wake_cv: Condvar::new(),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             last_write_ms: std::sync::atomic::AtomicU64::new(0),
+            last_seq: std::sync::atomic::AtomicU64::new(next_seq - 1),
         });
         let builder = {
             let shared = Arc::clone(&shared);
@@ -768,6 +771,7 @@ impl MemoryStore for EmbeddedStore {
                 }
             }
         }
+        self.shared.last_seq.store(next_seq - 1, Ordering::Release);
         drop(writer);
         self.shared.last_write_ms.store(now_ms(), Ordering::Release);
         if grew_large {
@@ -972,6 +976,10 @@ impl MemoryStore for EmbeddedStore {
             .collect();
         out.sort_by(|a, b| a.namespace.cmp(&b.namespace));
         Ok(out)
+    }
+
+    fn last_seq(&self) -> u64 {
+        self.shared.last_seq.load(Ordering::Acquire)
     }
 
     fn embedder(&self) -> &Arc<dyn Embedder> {

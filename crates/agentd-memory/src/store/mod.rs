@@ -189,6 +189,10 @@ pub trait MemoryStore: Send + Sync {
     /// Namespaces and their sizes, sorted by name.
     fn namespaces(&self) -> Result<Vec<NamespaceStats>>;
 
+    /// Sequence number of the newest acknowledged item (0 when the store is empty). Routing over
+    /// `max_seq = last_seq()` later sees memory exactly as it is now (replay).
+    fn last_seq(&self) -> u64;
+
     /// The embedder that produced the stored vectors (to embed queries and profiles alike).
     fn embedder(&self) -> &Arc<dyn Embedder>;
 
