@@ -1,0 +1,643 @@
+//! One run: an orchestrator actor and one actor per node.
+//!
+//! The orchestrator owns the run's progress. Each round it sends a command to every node whose
+//! dependencies (within the round) are done, over the node's bounded mailbox; node actors route,
+//! act and write back, then report over the orchestrator's bounded mailbox. The orchestrator
+//! turns each report into a `node_finished` event, appended to the journal and synced before the
+//! run moves on: that event is the node's checkpoint. A failed node (after its retries) fails the
+//! run; a timeout counts as a failure; cancellation stops every actor. Nothing waits forever.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentd_memory::{Filter, ItemId, Kind, MemoryItem, Page};
+use agentd_router::{ContextPack, RouteRequest, RunBudget, effective_budget};
+use agentd_workflow::{NodeSpec, Workflow};
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::agent::{AgentError, AgentInput, AgentReply, ModelSettings, describe_parse};
+use crate::event::{Event, EventKind, RunRecord};
+use crate::runtime::Inner;
+use crate::state::{RunState, RunStatus};
+use crate::usage::UsageTotals;
+use crate::writeback::{WriteTarget, write_back};
+use crate::{RuntimeError, now_ms};
+
+/// Capacity of a run's live event channel; slow subscribers skip (and can re-read the log).
+const EVENT_CHANNEL: usize = 1024;
+
+/// A run's shared, observable state: its event log, its live channel, its status.
+pub struct RunShared {
+    id: String,
+    log: Mutex<RunLog>,
+    tx: broadcast::Sender<Arc<Event>>,
+    cancel: watch::Sender<bool>,
+    done: watch::Sender<Option<RunStatus>>,
+}
+
+struct RunLog {
+    events: Vec<Arc<Event>>,
+    state: RunState,
+}
+
+impl RunShared {
+    pub(crate) fn new(id: String, past: Vec<Arc<Event>>) -> Arc<Self> {
+        let mut state = RunState::new(id.clone());
+        for e in &past {
+            state.apply(e);
+        }
+        let finished = (state.status != RunStatus::Running).then_some(state.status);
+        Arc::new(RunShared {
+            id,
+            log: Mutex::new(RunLog {
+                events: past,
+                state,
+            }),
+            tx: broadcast::channel(EVENT_CHANNEL).0,
+            cancel: watch::channel(false).0,
+            done: watch::channel(finished).0,
+        })
+    }
+
+    /// The run id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The run's state now.
+    pub fn state(&self) -> RunState {
+        self.log.lock().state.clone()
+    }
+
+    /// Every event so far, in order.
+    pub fn events(&self) -> Vec<Arc<Event>> {
+        self.log.lock().events.clone()
+    }
+
+    /// Events after `seq` (for resumable streams).
+    pub fn events_after(&self, seq: u64) -> Vec<Arc<Event>> {
+        let log = self.log.lock();
+        let start = log.events.partition_point(|e| e.seq <= seq);
+        log.events[start..].to_vec()
+    }
+
+    /// A live channel of the events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.tx.subscribe()
+    }
+
+    /// Asks the run to stop; it records `run_cancelled`.
+    pub fn cancel(&self) {
+        let _ = self.cancel.send(true);
+    }
+
+    /// Waits until the run is finished, failed or cancelled.
+    pub async fn finished(&self) -> RunStatus {
+        let mut rx = self.done.subscribe();
+        loop {
+            if let Some(status) = *rx.borrow_and_update() {
+                return status;
+            }
+            if rx.changed().await.is_err() {
+                return self.state().status;
+            }
+        }
+    }
+
+    fn mark_done(&self, status: RunStatus) {
+        let _ = self.done.send(Some(status));
+    }
+}
+
+/// Everything a run's actors share.
+pub(crate) struct RunCx {
+    pub rt: Arc<Inner>,
+    pub shared: Arc<RunShared>,
+    pub workflow: Arc<Workflow>,
+    pub record: Arc<RunRecord>,
+    pub budget: Option<Arc<RunBudget>>,
+}
+
+impl RunCx {
+    /// Records an event: journal (synced when `sync`), then the run's log and channel.
+    pub async fn emit(&self, kind: EventKind, sync: bool) -> Result<(), RuntimeError> {
+        let event = {
+            let mut log = self.shared.log.lock();
+            let event = Arc::new(Event {
+                run: self.shared.id.clone(),
+                seq: log.state.last_seq + 1,
+                at_ms: now_ms(),
+                kind,
+            });
+            log.state.apply(&event);
+            log.events.push(Arc::clone(&event));
+            event
+        };
+        if let Some(journal) = &self.rt.journal {
+            if sync {
+                journal.append_synced(&event).await?;
+            } else {
+                journal.append(&event)?;
+            }
+        }
+        let _ = self.shared.tx.send(event);
+        Ok(())
+    }
+}
+
+/// A command to a node actor.
+struct NodeCommand {
+    round: u32,
+}
+
+/// A node actor's report.
+struct NodeReport {
+    node: usize,
+    round: u32,
+    result: Result<NodeDone, String>,
+}
+
+struct NodeDone {
+    items: Vec<ItemId>,
+    usage: UsageTotals,
+    /// Time spent routing, acting and writing back (the node's own work).
+    work: Duration,
+}
+
+/// Per-node timings, for `agentd bench runtime`: from the orchestrator's dispatch to the durable
+/// checkpoint (`total`), and the node's own work within it (routing, agent, write-back).
+#[derive(Default)]
+pub struct NodeTimings {
+    samples: Mutex<Vec<(Duration, Duration)>>,
+}
+
+impl NodeTimings {
+    /// Takes the `(total, work)` samples recorded so far.
+    pub fn take(&self) -> Vec<(Duration, Duration)> {
+        std::mem::take(&mut *self.samples.lock())
+    }
+}
+
+/// Runs (or resumes) a run to its end. Never panics on agent or LLM failures: every outcome is
+/// a terminal event.
+pub(crate) async fn drive(cx: Arc<RunCx>) -> RunStatus {
+    let status = match orchestrate(&cx).await {
+        Ok(status) => status,
+        Err(e) => {
+            let error = e.to_string();
+            tracing::error!(run = %cx.shared.id, %error, "run failed");
+            // If even this cannot be recorded the run stays "running" on disk and resumes
+            // after a restart.
+            let _ = cx.emit(EventKind::RunFailed { error }, true).await;
+            RunStatus::Failed
+        }
+    };
+    cx.shared.mark_done(status);
+    status
+}
+
+async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
+    let workflow = &cx.workflow;
+    let nodes = &workflow.nodes;
+    let (report_tx, mut report_rx) = mpsc::channel::<NodeReport>(nodes.len().max(1));
+    let mut mailboxes = Vec::with_capacity(nodes.len());
+    let mut actors = Vec::with_capacity(nodes.len());
+    for index in 0..nodes.len() {
+        let (tx, rx) = mpsc::channel::<NodeCommand>(1);
+        mailboxes.push(tx);
+        actors.push(tokio::spawn(node_actor(
+            Arc::clone(cx),
+            index,
+            rx,
+            report_tx.clone(),
+        )));
+    }
+    drop(report_tx);
+    let _abort = AbortOnDrop(actors);
+    let mut cancel = cx.shared.cancel.subscribe();
+
+    let start_round = {
+        let state = cx.shared.log.lock();
+        state.state.round.max(1)
+    };
+    let index_of = |name: &str| nodes.iter().position(|n| n.name == name);
+    let deps: Vec<Vec<usize>> = nodes
+        .iter()
+        .map(|n| n.after.iter().filter_map(|a| index_of(a)).collect())
+        .collect();
+
+    let mut stop = false;
+    let mut last_round = start_round;
+    for round in start_round..=workflow.max_rounds {
+        last_round = round;
+        let current = cx.shared.log.lock().state.round;
+        if current != round {
+            cx.emit(EventKind::RoundStarted { round }, false).await?;
+        }
+        let mut done: Vec<bool> = {
+            let log = cx.shared.log.lock();
+            nodes
+                .iter()
+                .map(|n| !n.rounds.runs_in(round) || log.state.is_finished(round, &n.name))
+                .collect()
+        };
+        let mut dispatched = done.clone();
+        let mut dispatched_at = vec![None; nodes.len()];
+        let mut in_flight = 0usize;
+        loop {
+            for i in 0..nodes.len() {
+                if !dispatched[i] && deps[i].iter().all(|&d| done[d]) {
+                    dispatched[i] = true;
+                    dispatched_at[i] = Some(Instant::now());
+                    in_flight += 1;
+                    mailboxes[i]
+                        .send(NodeCommand { round })
+                        .await
+                        .map_err(|_| RuntimeError::Internal("a node actor stopped".into()))?;
+                }
+            }
+            if in_flight == 0 {
+                break;
+            }
+            let report = tokio::select! {
+                report = report_rx.recv() => report,
+                () = cancelled(&mut cancel) => {
+                    cx.emit(EventKind::RunCancelled, true).await?;
+                    return Ok(RunStatus::Cancelled);
+                }
+            };
+            let Some(report) = report else {
+                return Err(RuntimeError::Internal("every node actor stopped".into()));
+            };
+            in_flight -= 1;
+            let node = &nodes[report.node];
+            match report.result {
+                Ok(node_done) => {
+                    let work = node_done.work;
+                    cx.emit(
+                        EventKind::NodeFinished {
+                            node: node.name.clone(),
+                            role: node.role.clone(),
+                            round: report.round,
+                            items: node_done.items,
+                            usage: node_done.usage,
+                        },
+                        true,
+                    )
+                    .await?;
+                    done[report.node] = true;
+                    if let (Some(timings), Some(at)) = (&cx.rt.timings, dispatched_at[report.node])
+                    {
+                        timings.samples.lock().push((at.elapsed(), work));
+                    }
+                }
+                Err(error) => {
+                    let error = format!("node `{}` failed in round {round}: {error}", node.name);
+                    cx.emit(
+                        EventKind::RunFailed {
+                            error: error.clone(),
+                        },
+                        true,
+                    )
+                    .await?;
+                    return Ok(RunStatus::Failed);
+                }
+            }
+        }
+        stop = stop_condition_holds(cx, round).await?;
+        cx.emit(EventKind::RoundFinished { round, stop }, false)
+            .await?;
+        if stop {
+            break;
+        }
+    }
+    let answer = final_answer(cx).await?;
+    tracing::info!(run = %cx.shared.id, rounds = last_round, stop, "run finished");
+    cx.emit(EventKind::RunFinished { answer }, true).await?;
+    Ok(RunStatus::Finished)
+}
+
+/// Resolves once the run is cancelled (never, if the run outlives its cancel switch).
+async fn cancelled(rx: &mut watch::Receiver<bool>) {
+    if rx.wait_for(|c| *c).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for handle in &self.0 {
+            handle.abort();
+        }
+    }
+}
+
+/// Whether an item of the stop kind with enough confidence was produced in `round`.
+async fn stop_condition_holds(cx: &Arc<RunCx>, round: u32) -> Result<bool, RuntimeError> {
+    let Some(stop) = cx.workflow.stop_when.clone() else {
+        return Ok(false);
+    };
+    let ids: Vec<ItemId> = {
+        let log = cx.shared.log.lock();
+        log.state
+            .produced
+            .range((round, String::new())..(round + 1, String::new()))
+            .flat_map(|(_, ids)| ids.iter().copied())
+            .collect()
+    };
+    if ids.is_empty() {
+        return Ok(false);
+    }
+    let items = blocking(cx, move |rt| Ok(rt.store.get_many(&ids)?)).await?;
+    Ok(items
+        .into_iter()
+        .flatten()
+        .any(|item| item.kind == stop.kind && item.confidence >= stop.min_confidence))
+}
+
+/// The newest answer the run produced (the stop kind, or `answer`).
+async fn final_answer(cx: &Arc<RunCx>) -> Result<Option<ItemId>, RuntimeError> {
+    let kind = cx
+        .workflow
+        .stop_when
+        .as_ref()
+        .map(|s| s.kind.clone())
+        .unwrap_or(Kind::Answer);
+    let namespace = cx.record.namespace.clone();
+    let found = blocking(cx, move |rt| {
+        Ok(rt.store.list(
+            &Filter::namespace(namespace).kinds([kind]),
+            &Page::newest(1),
+        )?)
+    })
+    .await?;
+    Ok(found.first().map(|i| i.id))
+}
+
+async fn blocking<T: Send + 'static>(
+    cx: &Arc<RunCx>,
+    f: impl FnOnce(&Inner) -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, RuntimeError> {
+    let rt = Arc::clone(&cx.rt);
+    tokio::task::spawn_blocking(move || f(&rt))
+        .await
+        .map_err(|e| RuntimeError::Internal(format!("a blocking task failed: {e}")))?
+}
+
+async fn node_actor(
+    cx: Arc<RunCx>,
+    index: usize,
+    mut mailbox: mpsc::Receiver<NodeCommand>,
+    reports: mpsc::Sender<NodeReport>,
+) {
+    while let Some(cmd) = mailbox.recv().await {
+        let result = run_node(&cx, index, cmd.round).await;
+        let report = NodeReport {
+            node: index,
+            round: cmd.round,
+            result,
+        };
+        if reports.send(report).await.is_err() {
+            break;
+        }
+    }
+}
+
+/// Runs a node with its timeout and retries.
+async fn run_node(cx: &Arc<RunCx>, index: usize, round: u32) -> Result<NodeDone, String> {
+    let node = &cx.workflow.nodes[index];
+    let attempts = node.retries + 1;
+    let mut usage = UsageTotals::default();
+    let mut last_error = String::new();
+    let mut work = Duration::ZERO;
+    for attempt in 1..=attempts {
+        let emitted = cx
+            .emit(
+                EventKind::NodeStarted {
+                    node: node.name.clone(),
+                    role: node.role.clone(),
+                    round,
+                    attempt,
+                },
+                false,
+            )
+            .await;
+        if let Err(e) = emitted {
+            return Err(e.to_string());
+        }
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            node.timeout,
+            attempt_node(cx, node, round, attempt, &mut usage),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        usage.wall_ms += elapsed.as_secs_f64() * 1e3;
+        work += elapsed;
+        let error = match outcome {
+            Ok(Ok(items)) => {
+                usage.nodes += 1;
+                return Ok(NodeDone { items, usage, work });
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("timed out after {}", fmt_duration(node.timeout)),
+        };
+        let will_retry = attempt < attempts;
+        tracing::warn!(run = %cx.shared.id, node = %node.name, round, attempt, %error, will_retry, "node attempt failed");
+        let _ = cx
+            .emit(
+                EventKind::NodeFailed {
+                    node: node.name.clone(),
+                    round,
+                    attempt,
+                    error: error.clone(),
+                    will_retry,
+                },
+                false,
+            )
+            .await;
+        last_error = error;
+    }
+    Err(format!("{last_error} (after {attempts} attempts)"))
+}
+
+fn fmt_duration(d: Duration) -> String {
+    if d.as_secs() >= 1 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
+
+/// The routing query of a node: its template with the run's values.
+fn node_query(node: &NodeSpec, task: &str, round: u32, stage: &str) -> String {
+    node.query
+        .replace("{{task}}", task)
+        .replace("{{round}}", &round.to_string())
+        .replace("{{role}}", &node.role)
+        .replace("{{stage}}", stage)
+}
+
+/// One attempt: route, act, write back. Returns the items produced.
+async fn attempt_node(
+    cx: &Arc<RunCx>,
+    node: &NodeSpec,
+    round: u32,
+    attempt: u32,
+    usage: &mut UsageTotals,
+) -> Result<Vec<ItemId>, RuntimeError> {
+    let workflow = &cx.workflow;
+    let role = workflow.role_of(node);
+    let stage = workflow.stage_of(node);
+    let record = &cx.record;
+    let query = node_query(node, &record.input, round, &stage.name);
+
+    // 1. Route.
+    let budget = effective_budget(&role.profile, stage, node.budget, cx.budget.as_deref());
+    let pack: ContextPack = {
+        let workflow = Arc::clone(workflow);
+        let record = Arc::clone(record);
+        let node_name = node.name.clone();
+        let query = query.clone();
+        blocking(cx, move |rt| {
+            let node = workflow.node(&node_name).expect("node of this workflow");
+            let req = RouteRequest {
+                namespaces: &record.read_namespaces,
+                role: &workflow.role_of(node).profile,
+                stage: workflow.stage_of(node),
+                query: &query,
+                query_vector: None,
+                round,
+                budget,
+                policy: record.policy,
+                weights: &workflow.router.weights,
+                as_of_seq: Some(rt.store.last_seq()),
+            };
+            Ok(rt.router.route(&req)?)
+        })
+        .await?
+    };
+    if let Some(run_budget) = &cx.budget {
+        run_budget.charge(u64::from(pack.tokens_used));
+    }
+    usage.context_tokens += u64::from(pack.tokens_used);
+    cx.emit(
+        EventKind::ContextRouted {
+            node: node.name.clone(),
+            round,
+            namespaces: record.read_namespaces.clone(),
+            as_of_seq: pack.manifest.as_of_seq.unwrap_or_default(),
+            manifest: Arc::new(pack.manifest.clone()),
+        },
+        false,
+    )
+    .await?;
+
+    // 2. Act.
+    let agent = cx.rt.agent_for(&role.name)?;
+    let model = model_settings(cx, node);
+    let reply: AgentReply = agent
+        .act(AgentInput {
+            run_id: &cx.shared.id,
+            node,
+            role,
+            stage,
+            round,
+            attempt,
+            task: &record.input,
+            query: &query,
+            context: &pack,
+            model: &model,
+        })
+        .await
+        .map_err(|e| match e {
+            AgentError::Llm(e) => RuntimeError::Llm(e),
+            other => RuntimeError::Agent(other.to_string()),
+        })?;
+    for call in &reply.calls {
+        usage.add_call(&call.usage, call.cost_usd);
+        cx.emit(
+            EventKind::LlmCall {
+                node: node.name.clone(),
+                role: role.name.clone(),
+                round,
+                provider: call.provider.clone(),
+                model: call.model.clone(),
+                usage: call.usage,
+                usage_estimated: call.usage_estimated,
+                attempts: call.attempts,
+                latency_ms: call.latency.as_secs_f64() * 1e3,
+                cost_usd: call.cost_usd,
+            },
+            false,
+        )
+        .await?;
+    }
+
+    // 3. Write back.
+    let parse = describe_parse(&reply.output.parsed);
+    let outcome = {
+        let workflow = Arc::clone(workflow);
+        let record = Arc::clone(record);
+        let node_name = node.name.clone();
+        blocking(cx, move |rt| {
+            let node = workflow.node(&node_name).expect("node of this workflow");
+            let target = WriteTarget {
+                namespace: &record.namespace,
+                node: &node.name,
+                role: workflow.role_of(node),
+                stage: &node.stage,
+                round,
+                context: &pack,
+            };
+            Ok(write_back(rt.store.as_ref(), &target, &reply.output)?)
+        })
+        .await?
+    };
+    let items = outcome.item_ids();
+    cx.emit(
+        EventKind::ItemsWritten {
+            node: node.name.clone(),
+            round,
+            written: outcome.written.iter().map(|i| i.id).collect(),
+            merged: outcome.merged.clone(),
+            parse: if outcome.replayed {
+                "already written (resumed)".into()
+            } else {
+                parse
+            },
+        },
+        false,
+    )
+    .await?;
+    Ok(items)
+}
+
+fn model_settings(cx: &RunCx, node: &NodeSpec) -> ModelSettings {
+    let workflow = &cx.workflow;
+    let role = workflow.role_of(node);
+    let m = &workflow.model;
+    let o = &role.model;
+    ModelSettings {
+        name: cx
+            .rt
+            .model_override
+            .clone()
+            .or_else(|| o.name.clone())
+            .or_else(|| m.name.clone()),
+        temperature: o.temperature.or(m.temperature),
+        max_tokens: o.max_tokens.or(m.max_tokens),
+        json: o.json.unwrap_or(m.json),
+    }
+}
+
+/// Items by id, in the given order, skipping missing ones.
+pub(crate) fn items_in_order(
+    store: &dyn agentd_memory::MemoryStore,
+    ids: &[ItemId],
+) -> Result<Vec<MemoryItem>, RuntimeError> {
+    Ok(store.get_many(ids)?.into_iter().flatten().collect())
+}

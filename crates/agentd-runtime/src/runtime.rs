@@ -1,0 +1,595 @@
+//! The runtime: a memory store, a router, LLM clients and agents, and the runs over them.
+//!
+//! [`Runtime`] is what an embedding app (and the CLI, and the daemon) holds. Build one with
+//! [`Runtime::builder`], start runs with [`Runtime::start`], watch their events, resume the runs
+//! a crash interrupted with [`Runtime::resume`], and replay a finished run's routing decisions
+//! under another policy with [`Runtime::replay`].
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use agentd_llm::LlmClient;
+use agentd_memory::embed::EmbedderConfig;
+use agentd_memory::tokens::default_token_counter;
+use agentd_memory::{
+    EmbeddedStore, ItemId, Kind, MemoryItem, MemoryStore, NewItem, Producer, StoreOptions,
+};
+use agentd_router::{CandidateLimits, Policy, Router, RunBudget};
+use agentd_workflow::Workflow;
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::agent::{Agent, LlmAgent};
+use crate::event::{Event, EventKind, RunRecord};
+use crate::journal::{Durability, Journal};
+use crate::run::{NodeTimings, RunCx, RunShared, drive, items_in_order};
+use crate::state::{RunState, RunStatus};
+use crate::usage::RunUsage;
+use crate::{RuntimeError, new_run_id};
+
+/// Builds a [`Runtime`].
+#[must_use]
+pub struct RuntimeBuilder {
+    data_dir: Option<PathBuf>,
+    store: Option<Arc<dyn MemoryStore>>,
+    embedder: Option<EmbedderConfig>,
+    llm: Option<Arc<dyn LlmClient>>,
+    model_override: Option<String>,
+    agents: HashMap<String, Arc<dyn Agent>>,
+    durability: Durability,
+    limits: CandidateLimits,
+    timings: Option<Arc<NodeTimings>>,
+}
+
+impl RuntimeBuilder {
+    /// Records per-node timings into `timings` (benchmarks).
+    pub fn node_timings(mut self, timings: Arc<NodeTimings>) -> Self {
+        self.timings = Some(timings);
+        self
+    }
+
+    /// Where memory (`memory/`) and run journals (`runs/`) live. Required unless a store is
+    /// given and durability is [`Durability::Off`].
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Uses this memory store instead of opening one in the data folder.
+    pub fn store(mut self, store: Arc<dyn MemoryStore>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The embedder of a store opened in the data folder (default: from the environment, see
+    /// [`EmbedderConfig::from_env`]).
+    pub fn embedder(mut self, config: EmbedderConfig) -> Self {
+        self.embedder = Some(config);
+        self
+    }
+
+    /// The LLM client of every role without a Rust agent.
+    pub fn llm(mut self, client: Arc<dyn LlmClient>) -> Self {
+        self.llm = Some(client);
+        self
+    }
+
+    /// Uses this model for every call, whatever the workflow and role files say.
+    pub fn model_override(mut self, model: impl Into<String>) -> Self {
+        self.model_override = Some(model.into());
+        self
+    }
+
+    /// Runs `agent` at every node whose role is `role` (instead of an LLM).
+    pub fn agent(mut self, role: impl Into<String>, agent: impl Agent) -> Self {
+        self.agents.insert(role.into(), Arc::new(agent));
+        self
+    }
+
+    /// How run state is persisted (default: durable).
+    pub fn durability(mut self, durability: Durability) -> Self {
+        self.durability = durability;
+        self
+    }
+
+    /// How many candidates each source contributes to routing.
+    pub fn candidate_limits(mut self, limits: CandidateLimits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Opens the store and the journal; loads the state of past runs.
+    pub fn build(self) -> Result<Runtime, RuntimeError> {
+        let store: Arc<dyn MemoryStore> = match (self.store, &self.data_dir) {
+            (Some(store), _) => store,
+            (None, Some(dir)) => {
+                let config = match self.embedder {
+                    Some(c) => c,
+                    None => EmbedderConfig::from_env()?,
+                };
+                let options = StoreOptions::new(config.build()?, default_token_counter());
+                Arc::new(EmbeddedStore::open(dir.join("memory"), options)?)
+            }
+            (None, None) => {
+                return Err(RuntimeError::Config(
+                    "the runtime needs a data folder (RuntimeBuilder::data_dir) or a store".into(),
+                ));
+            }
+        };
+        let (journal, past) = match (self.durability, &self.data_dir) {
+            (Durability::Off, _) => (None, Vec::new()),
+            (d, Some(dir)) => {
+                let (journal, events) = Journal::open(&dir.join("runs"), d)?;
+                (Some(journal), events)
+            }
+            (_, None) => {
+                return Err(RuntimeError::Config(
+                    "durable runs need a data folder (RuntimeBuilder::data_dir), or use Durability::Off".into(),
+                ));
+            }
+        };
+        let mut by_run: HashMap<String, Vec<Arc<Event>>> = HashMap::new();
+        for event in past {
+            by_run
+                .entry(event.run.clone())
+                .or_default()
+                .push(Arc::new(event));
+        }
+        let runs = by_run
+            .into_iter()
+            .map(|(id, events)| (id.clone(), RunShared::new(id, events)))
+            .collect();
+        let router = Router::new(Arc::clone(&store)).with_limits(self.limits);
+        let llm_agent = self
+            .llm
+            .map(|client| Arc::new(LlmAgent::new(client)) as Arc<dyn Agent>);
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                store,
+                router,
+                llm_agent,
+                model_override: self.model_override,
+                agents: self.agents,
+                journal,
+                data_dir: self.data_dir,
+                runs: Mutex::new(runs),
+                timings: self.timings,
+            }),
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn MemoryStore>,
+    pub(crate) router: Router,
+    pub(crate) llm_agent: Option<Arc<dyn Agent>>,
+    pub(crate) model_override: Option<String>,
+    pub(crate) agents: HashMap<String, Arc<dyn Agent>>,
+    pub(crate) journal: Option<Journal>,
+    data_dir: Option<PathBuf>,
+    runs: Mutex<HashMap<String, Arc<RunShared>>>,
+    pub(crate) timings: Option<Arc<NodeTimings>>,
+}
+
+impl Inner {
+    /// The agent of a role: a registered Rust agent, else the LLM agent.
+    pub(crate) fn agent_for(&self, role: &str) -> Result<Arc<dyn Agent>, RuntimeError> {
+        if let Some(agent) = self.agents.get(role) {
+            return Ok(Arc::clone(agent));
+        }
+        self.llm_agent.clone().ok_or_else(|| no_llm(role))
+    }
+}
+
+fn no_llm(role: &str) -> RuntimeError {
+    RuntimeError::Config(format!(
+        "role `{role}` needs an LLM, and none is configured: pass --llm-url URL --model M \
+         (or start the local one with scripts/local-llm.sh start), or register a Rust agent \
+         for the role"
+    ))
+}
+
+/// A document to load into memory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Document {
+    /// Title (shown in the context, used to link items that mention it).
+    #[serde(default)]
+    pub title: Option<String>,
+    /// The text.
+    pub text: String,
+}
+
+/// What to run.
+#[derive(Clone)]
+pub struct RunRequest {
+    /// The workflow.
+    pub workflow: Arc<Workflow>,
+    /// The input (the task).
+    pub input: String,
+    /// Namespaces of document collections its agents also read.
+    pub documents: Vec<String>,
+    /// A policy overriding the workflow's.
+    pub policy: Option<Policy>,
+    /// A run budget overriding the workflow's.
+    pub run_budget: Option<u64>,
+    /// The run id (default: a new UUID v7).
+    pub run_id: Option<String>,
+}
+
+impl RunRequest {
+    /// A request to run `workflow` on `input`.
+    pub fn new(workflow: Arc<Workflow>, input: impl Into<String>) -> Self {
+        RunRequest {
+            workflow,
+            input: input.into(),
+            documents: Vec::new(),
+            policy: None,
+            run_budget: None,
+            run_id: None,
+        }
+    }
+
+    /// Also reads this document namespace.
+    pub fn documents(mut self, namespace: impl Into<String>) -> Self {
+        self.documents.push(namespace.into());
+        self
+    }
+
+    /// Routes with this policy.
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.policy = Some(policy);
+        self
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunOutcome {
+    /// Run id.
+    pub id: String,
+    /// Final status.
+    pub status: RunStatus,
+    /// The final answer.
+    pub answer: Option<MemoryItem>,
+    /// The items the answer cites.
+    pub evidence: Vec<MemoryItem>,
+    /// Usage.
+    pub usage: RunUsage,
+    /// Rounds run.
+    pub rounds: u32,
+    /// The error of a failed run.
+    pub error: Option<String>,
+    /// The run's namespace.
+    pub namespace: String,
+}
+
+/// A started run.
+#[derive(Clone)]
+pub struct RunHandle {
+    shared: Arc<RunShared>,
+    runtime: Runtime,
+}
+
+impl RunHandle {
+    /// The run id.
+    pub fn id(&self) -> &str {
+        self.shared.id()
+    }
+
+    /// Live events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
+        self.shared.subscribe()
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<Arc<Event>> {
+        self.shared.events()
+    }
+
+    /// Asks the run to stop.
+    pub fn cancel(&self) {
+        self.shared.cancel();
+    }
+
+    /// Waits for the end of the run.
+    pub async fn wait(&self) -> Result<RunOutcome, RuntimeError> {
+        self.shared.finished().await;
+        self.runtime.outcome(self.id())
+    }
+}
+
+/// The events of a run so far and a live channel of what follows (see [`Runtime::follow`]).
+pub type EventFollow = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
+
+/// The agentd runtime. Cheap to clone.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+impl Runtime {
+    /// A builder.
+    pub fn builder() -> RuntimeBuilder {
+        RuntimeBuilder {
+            data_dir: None,
+            store: None,
+            embedder: None,
+            llm: None,
+            model_override: None,
+            agents: HashMap::new(),
+            durability: Durability::Durable,
+            limits: CandidateLimits::default(),
+            timings: None,
+        }
+    }
+
+    /// The memory store.
+    pub fn store(&self) -> &Arc<dyn MemoryStore> {
+        &self.inner.store
+    }
+
+    /// The router.
+    pub fn router(&self) -> &Router {
+        &self.inner.router
+    }
+
+    /// The data folder, if any.
+    pub fn data_dir(&self) -> Option<&Path> {
+        self.inner.data_dir.as_deref()
+    }
+
+    /// The run journal's file, if runs are persisted.
+    pub fn journal_path(&self) -> Option<&Path> {
+        self.inner.journal.as_ref().map(|j| j.path())
+    }
+
+    /// Loads documents into `namespace` as `document` items (one batch, durable).
+    pub fn load_documents(
+        &self,
+        namespace: &str,
+        documents: impl IntoIterator<Item = Document>,
+    ) -> Result<Vec<ItemId>, RuntimeError> {
+        let batch: Vec<NewItem> = documents
+            .into_iter()
+            .filter(|d| !d.text.trim().is_empty())
+            .map(|d| {
+                let mut item = NewItem::new(namespace, Kind::Document, d.text)
+                    .producer(Producer::new("user", "documents", 0));
+                if let Some(title) = d.title {
+                    item = item.payload(serde_json::json!({ "title": title }));
+                }
+                item
+            })
+            .collect();
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self
+            .inner
+            .store
+            .put_batch(batch)?
+            .into_iter()
+            .map(|i| i.id)
+            .collect())
+    }
+
+    /// Starts a run; it goes on in the background.
+    pub async fn start(&self, request: RunRequest) -> Result<RunHandle, RuntimeError> {
+        let workflow = request.workflow;
+        for node in &workflow.nodes {
+            let role = &workflow.role_of(node).name;
+            self.inner.agent_for(role)?;
+        }
+        let id = request.run_id.unwrap_or_else(new_run_id);
+        if self.inner.runs.lock().contains_key(&id) {
+            return Err(RuntimeError::Config(format!("a run with id `{id}` exists")));
+        }
+        let namespace = format!("run-{id}");
+        let mut read_namespaces = vec![namespace.clone()];
+        read_namespaces.extend(request.documents.iter().cloned());
+        let task = {
+            let store = Arc::clone(&self.inner.store);
+            let item = NewItem::new(namespace.as_str(), Kind::Task, request.input.as_str())
+                .producer(Producer::new("user", "input", 0))
+                .tag("origin:input@0");
+            tokio::task::spawn_blocking(move || store.put(item))
+                .await
+                .map_err(|e| RuntimeError::Internal(e.to_string()))??
+        };
+        let record = RunRecord {
+            workflow: workflow.name.clone(),
+            workflow_path: workflow.path.as_ref().map(|p| p.display().to_string()),
+            workflow_spec: serde_json::to_value(&*workflow)
+                .map_err(|e| RuntimeError::Internal(format!("recording the workflow: {e}")))?,
+            input: request.input,
+            namespace,
+            read_namespaces,
+            policy: request.policy.unwrap_or(workflow.router.policy),
+            run_budget: request.run_budget.or(workflow.router.run_budget),
+            task_item: Some(task.id),
+        };
+        let shared = RunShared::new(id.clone(), Vec::new());
+        self.inner
+            .runs
+            .lock()
+            .insert(id.clone(), Arc::clone(&shared));
+        let cx = Arc::new(RunCx {
+            rt: Arc::clone(&self.inner),
+            shared: Arc::clone(&shared),
+            workflow,
+            budget: record.run_budget.map(|b| Arc::new(RunBudget::new(b))),
+            record: Arc::new(record.clone()),
+        });
+        cx.emit(
+            EventKind::RunStarted {
+                spec: Box::new(record),
+            },
+            true,
+        )
+        .await?;
+        tokio::spawn(drive(cx));
+        Ok(RunHandle {
+            shared,
+            runtime: self.clone(),
+        })
+    }
+
+    /// Starts a run and waits for its end.
+    pub async fn run(&self, request: RunRequest) -> Result<RunOutcome, RuntimeError> {
+        self.start(request).await?.wait().await
+    }
+
+    /// Runs that a crash or shutdown interrupted (started, not finished), oldest first.
+    pub fn interrupted(&self) -> Vec<String> {
+        let runs = self.inner.runs.lock();
+        let mut ids: Vec<(u64, String)> = runs
+            .values()
+            .filter_map(|r| {
+                let s = r.state();
+                (s.status == RunStatus::Running && s.record.is_some())
+                    .then(|| (s.started_ms, s.id.clone()))
+            })
+            .collect();
+        ids.sort();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// Resumes an interrupted run from its last checkpoint: finished nodes are not run again
+    /// and their items are not written again.
+    pub async fn resume(&self, id: &str) -> Result<RunHandle, RuntimeError> {
+        let shared = self.shared(id)?;
+        let state = shared.state();
+        if state.status != RunStatus::Running {
+            return Err(RuntimeError::Config(format!(
+                "run `{id}` is {}; only interrupted runs resume",
+                state.status.as_str()
+            )));
+        }
+        let record = state
+            .record
+            .clone()
+            .ok_or_else(|| RuntimeError::Internal(format!("run `{id}` has no start record")))?;
+        let workflow: Workflow = serde_json::from_value(record.workflow_spec.clone())
+            .map_err(|e| RuntimeError::Internal(format!("run `{id}`'s workflow: {e}")))?;
+        for node in &workflow.nodes {
+            self.inner.agent_for(&workflow.role_of(node).name)?;
+        }
+        let budget = record.run_budget.map(|b| {
+            let budget = RunBudget::new(b);
+            budget.charge(state.usage.total.context_tokens);
+            Arc::new(budget)
+        });
+        let cx = Arc::new(RunCx {
+            rt: Arc::clone(&self.inner),
+            shared: Arc::clone(&shared),
+            workflow: Arc::new(workflow),
+            budget,
+            record: Arc::new(record),
+        });
+        cx.emit(
+            EventKind::RunResumed {
+                round: state.round.max(1),
+            },
+            true,
+        )
+        .await?;
+        tokio::spawn(drive(cx));
+        Ok(RunHandle {
+            shared,
+            runtime: self.clone(),
+        })
+    }
+
+    fn shared(&self, id: &str) -> Result<Arc<RunShared>, RuntimeError> {
+        self.inner
+            .runs
+            .lock()
+            .get(id)
+            .cloned()
+            .ok_or_else(|| RuntimeError::UnknownRun(id.to_owned()))
+    }
+
+    /// A run's state.
+    pub fn state(&self, id: &str) -> Result<RunState, RuntimeError> {
+        Ok(self.shared(id)?.state())
+    }
+
+    /// Every known run's state, newest first.
+    pub fn runs(&self) -> Vec<RunState> {
+        let mut states: Vec<RunState> =
+            self.inner.runs.lock().values().map(|r| r.state()).collect();
+        states.sort_by(|a, b| b.started_ms.cmp(&a.started_ms).then(b.id.cmp(&a.id)));
+        states
+    }
+
+    /// A run's events so far.
+    pub fn events(&self, id: &str) -> Result<Vec<Arc<Event>>, RuntimeError> {
+        Ok(self.shared(id)?.events())
+    }
+
+    /// A run's events after `seq`, and a live channel for what follows.
+    pub fn follow(
+        &self,
+        id: &str,
+        after_seq: u64,
+    ) -> Result<EventFollow, RuntimeError> {
+        let shared = self.shared(id)?;
+        let rx = shared.subscribe();
+        Ok((shared.events_after(after_seq), rx))
+    }
+
+    /// Asks a run to stop.
+    pub fn cancel(&self, id: &str) -> Result<(), RuntimeError> {
+        self.shared(id)?.cancel();
+        Ok(())
+    }
+
+    /// How a run ended (or stands): its answer, the evidence the answer cites, its usage.
+    pub fn outcome(&self, id: &str) -> Result<RunOutcome, RuntimeError> {
+        let state = self.state(id)?;
+        let store = self.inner.store.as_ref();
+        let answer = match state.answer {
+            Some(a) => store.get(a)?,
+            None => None,
+        };
+        let cited: Vec<ItemId> = answer
+            .as_ref()
+            .and_then(|a| a.payload.as_ref()?.get("cites")?.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|v| v.as_str()?.parse().ok())
+            .collect();
+        let evidence = items_in_order(store, &cited)?;
+        Ok(RunOutcome {
+            id: state.id.clone(),
+            status: state.status,
+            answer,
+            evidence,
+            usage: state.usage.clone(),
+            rounds: state.round,
+            error: state.error.clone(),
+            namespace: state
+                .record
+                .as_ref()
+                .map(|r| r.namespace.clone())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Recomputes a run's context packs under `policy` and compares them with the recorded
+    /// ones (see [`crate::replay`]).
+    pub fn replay(&self, id: &str, policy: Policy) -> Result<crate::ReplayReport, RuntimeError> {
+        let events = self.events(id)?;
+        crate::replay::replay(&self.inner.router, id, &events, policy)
+    }
+
+    /// Flushes and closes the journal. Runs still going stop checkpointing; they resume after
+    /// a restart.
+    pub fn close(&self) {
+        if let Some(journal) = &self.inner.journal {
+            journal.close();
+        }
+    }
+}

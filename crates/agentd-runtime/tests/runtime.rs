@@ -1,0 +1,508 @@
+//! Orchestration tests: scripted LLMs and Rust agents over a real store on disk.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use agentd_llm::{ChatRequest, LlmClient, LlmError, ScriptedClient};
+use agentd_memory::embed::HashingEmbedder;
+use agentd_memory::tokens::default_token_counter;
+use agentd_memory::{EmbeddedStore, Filter, Kind, MemoryStore, Page, StoreOptions};
+use agentd_router::Policy;
+use agentd_runtime::{
+    Agent, AgentError, AgentInput, AgentReply, Document, Durability, EventKind, OutputItem,
+    RunRequest, RunStatus, Runtime,
+};
+use agentd_workflow::Workflow;
+use parking_lot::Mutex;
+
+const WORKFLOW: &str = r#"
+[workflow]
+name = "qa"
+max_rounds = 3
+stop_when = { kind = "answer", min_confidence = 0.7 }
+
+[router]
+policy = "rcr"
+run_budget = 20000
+
+[roles.planner]
+description = "Breaks the question into sub-questions."
+reads = ["task"]
+writes = ["plan"]
+budget = 300
+prompt = { system = "PLANNER", template = "{{task}}\n{{context}}\n{{output_format}}" }
+
+[roles.researcher]
+description = "Finds evidence in the documents."
+writes = ["evidence"]
+budget = 400
+prompt = { system = "RESEARCHER", template = "{{task}}\n{{context}}\n{{output_format}}" }
+
+[roles.answerer]
+description = "Answers the question, citing evidence."
+writes = ["answer"]
+budget = 500
+readers = ["answerer"]
+prompt = { system = "ANSWERER", template = "{{task}}\n{{context}}\n{{output_format}}" }
+
+[nodes.plan]
+role = "planner"
+stage = "plan"
+rounds = "first"
+
+[nodes.research]
+role = "researcher"
+stage = "gather"
+after = ["plan"]
+
+[nodes.answer]
+role = "answerer"
+stage = "answer"
+after = ["research"]
+retries = 2
+timeout_secs = 5
+"#;
+
+fn workflow(text: &str) -> Arc<Workflow> {
+    Arc::new(Workflow::parse(text, "test", None).unwrap_or_else(|e| panic!("{e}")))
+}
+
+fn store(dir: &std::path::Path) -> Arc<dyn MemoryStore> {
+    let options = StoreOptions::new(
+        Arc::new(HashingEmbedder::new(256).unwrap()),
+        default_token_counter(),
+    );
+    Arc::new(EmbeddedStore::open(dir.join("memory"), options).unwrap())
+}
+
+fn docs() -> Vec<Document> {
+    [
+        (
+            "Paris",
+            "Paris is the capital of France. The Seine flows through Paris.",
+        ),
+        (
+            "Seine",
+            "The Seine is a river in northern France that reaches the sea at Le Havre.",
+        ),
+        (
+            "Berlin",
+            "Berlin is the capital of Germany. The Spree flows through Berlin.",
+        ),
+        ("Alps", "The Alps are the highest mountain range in Europe."),
+    ]
+    .map(|(t, x)| Document {
+        title: Some(t.into()),
+        text: x.into(),
+    })
+    .to_vec()
+}
+
+/// A scripted LLM answering by role (the system prompt names it), citing what it saw.
+fn llm(answer_confidence: f32) -> Arc<ScriptedClient> {
+    Arc::new(
+        ScriptedClient::new(move |req: &ChatRequest| {
+            let system = req.messages[0].content.as_str();
+            let user = req.messages[1].content.as_str();
+            // The first item id shown in the context.
+            let cite = user
+                .split("- [")
+                .nth(1)
+                .map(|s| s[..8].to_owned())
+                .unwrap_or_default();
+            Ok(match system {
+                "PLANNER" => r#"{"items": [{"kind": "plan", "content": "Find the capital, then its river."}]}"#.into(),
+                "RESEARCHER" => format!(
+                    r#"```json
+{{"items": [{{"kind": "evidence", "content": "The Seine flows through Paris.", "confidence": 0.9, "cites": ["{cite}"]}},]}}
+```"#
+                ),
+                _ => format!(
+                    r#"{{"answer": {{"content": "The Seine", "confidence": {answer_confidence}, "cites": ["{cite}"]}}}}"#
+                ),
+            })
+        })
+        .recording(),
+    )
+}
+
+#[tokio::test]
+async fn a_run_routes_acts_writes_back_and_stops_when_answered() {
+    let dir = tempfile::tempdir().unwrap();
+    let llm = llm(0.9);
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .store(store(dir.path()))
+        .llm(Arc::clone(&llm) as Arc<dyn LlmClient>)
+        .build()
+        .unwrap();
+    runtime.load_documents("docs", docs()).unwrap();
+    let outcome = runtime
+        .run(
+            RunRequest::new(
+                workflow(WORKFLOW),
+                "Which river flows through the capital of France?",
+            )
+            .documents("docs"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Finished, "{:?}", outcome.error);
+    // The answer has confidence 0.9 >= 0.7: one round, three nodes, three calls.
+    assert_eq!(outcome.rounds, 1);
+    assert_eq!(llm.calls(), 3);
+    let answer = outcome.answer.expect("an answer");
+    assert_eq!(answer.content, "The Seine");
+    assert_eq!(answer.kind, Kind::Answer);
+    assert!(!outcome.evidence.is_empty(), "the answer cites what it saw");
+    assert_eq!(outcome.usage.total.calls, 3);
+    assert_eq!(outcome.usage.by_role.len(), 3);
+    assert!(outcome.usage.total.prompt_tokens > 0);
+    assert!(outcome.usage.total.context_tokens > 0);
+
+    // Every pack stayed within its budget; every event is in order.
+    let events = runtime.events(&outcome.id).unwrap();
+    let mut routed = 0;
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.seq, i as u64 + 1);
+        if let EventKind::ContextRouted { manifest, .. } = &e.kind {
+            routed += 1;
+            assert!(manifest.tokens_used <= manifest.budget);
+        }
+    }
+    assert_eq!(routed, 3);
+    assert!(matches!(
+        events.last().unwrap().kind,
+        EventKind::RunFinished { .. }
+    ));
+
+    // Items carry producer, stage, readers; the answer is readable by the answerer only.
+    let items = runtime
+        .store()
+        .list(
+            &Filter::namespace(outcome.namespace.clone()),
+            &Page::first(100),
+        )
+        .unwrap();
+    let kinds: Vec<_> = items.iter().map(|i| i.kind.clone()).collect();
+    assert_eq!(
+        kinds,
+        [Kind::Task, Kind::Plan, Kind::Evidence, Kind::Answer]
+    );
+    assert_eq!(items[2].producer.role, "researcher");
+    assert_eq!(items[2].stage.as_deref(), Some("gather"));
+    assert!(!items[3].readers.allows("planner"));
+    // The fenced JSON with a trailing comma was repaired, not dropped.
+    let parses: Vec<String> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ItemsWritten { parse, .. } => Some(parse.clone()),
+            _ => None,
+        })
+        .collect();
+    assert!(parses[1].starts_with("repaired"), "{parses:?}");
+
+    // Replay under `full` recomputes the same calls without an LLM.
+    let report = runtime.replay(&outcome.id, Policy::Full).unwrap();
+    assert_eq!(report.calls.len(), 3);
+    assert_eq!(llm.calls(), 3);
+}
+
+#[tokio::test]
+async fn rounds_repeat_until_the_stop_condition_and_memory_does_not_bloat() {
+    let dir = tempfile::tempdir().unwrap();
+    // Low confidence: never stops early, runs all 3 rounds.
+    let llm = llm(0.3);
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .store(store(dir.path()))
+        .llm(Arc::clone(&llm) as Arc<dyn LlmClient>)
+        .build()
+        .unwrap();
+    runtime.load_documents("docs", docs()).unwrap();
+    let outcome = runtime
+        .run(RunRequest::new(workflow(WORKFLOW), "Which river?").documents("docs"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Finished);
+    assert_eq!(outcome.rounds, 3);
+    // plan runs in round 1 only: 1 + 2 * 3 = 7 calls.
+    assert_eq!(llm.calls(), 7);
+    // The same evidence and answer each round were merged, not written three times.
+    let evidence = runtime
+        .store()
+        .count(&Filter::namespace(outcome.namespace.clone()).kinds([Kind::Evidence]))
+        .unwrap();
+    assert_eq!(evidence, 1);
+    let answers = runtime
+        .store()
+        .count(
+            &Filter::namespace(outcome.namespace.clone())
+                .kinds([Kind::Answer])
+                .include_superseded(true),
+        )
+        .unwrap();
+    assert_eq!(answers, 1);
+}
+
+#[tokio::test]
+async fn a_failing_llm_fails_the_run_with_the_error_after_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&calls);
+    let llm = ScriptedClient::new(move |req: &ChatRequest| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        if req.messages[0].content == "ANSWERER" {
+            Err(LlmError::Status {
+                status: 500,
+                body: "model crashed".into(),
+            })
+        } else {
+            Ok("not json at all".into())
+        }
+    });
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .store(store(dir.path()))
+        .llm(Arc::new(llm))
+        .build()
+        .unwrap();
+    let outcome = runtime
+        .run(RunRequest::new(workflow(WORKFLOW), "Which river?"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed);
+    let error = outcome.error.unwrap();
+    assert!(error.contains("answer"), "{error}");
+    assert!(error.contains("500"), "{error}");
+    assert!(error.contains("3 attempts"), "{error}");
+    // plan + research + 3 answer attempts.
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    // Garbage replies became a note (the raw-text fallback), not nothing; the second, identical
+    // one was merged into the first.
+    let notes = runtime
+        .store()
+        .list(
+            &Filter::namespace(outcome.namespace.clone()).kinds([Kind::Note]),
+            &Page::first(10),
+        )
+        .unwrap();
+    assert_eq!(notes.len(), 1);
+    assert_eq!(notes[0].content, "not json at all");
+    let merged = runtime
+        .events(&outcome.id)
+        .unwrap()
+        .iter()
+        .any(|e| matches!(&e.kind, EventKind::ItemsWritten { node, merged, .. } if node == "research" && merged == &vec![notes[0].id]));
+    assert!(merged, "research's identical note was merged");
+}
+
+/// A Rust agent that never answers.
+struct Hang;
+
+#[async_trait::async_trait]
+impl Agent for Hang {
+    async fn act(&self, _: AgentInput<'_>) -> Result<AgentReply, AgentError> {
+        std::future::pending().await
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_agent_times_out_and_fails_the_run() {
+    let text = WORKFLOW
+        .replace("timeout_secs = 5", "timeout_secs = 0.2")
+        .replace("retries = 2", "retries = 1");
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .store(store(dir.path()))
+        .llm(llm(0.9) as Arc<dyn LlmClient>)
+        .agent("answerer", Hang)
+        .build()
+        .unwrap();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        runtime.run(RunRequest::new(workflow(&text), "Which river?")),
+    )
+    .await
+    .expect("the run ends")
+    .unwrap();
+    assert_eq!(outcome.status, RunStatus::Failed);
+    assert!(outcome.error.unwrap().contains("timed out"));
+}
+
+#[tokio::test]
+async fn cancelling_stops_a_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .store(store(dir.path()))
+        .llm(llm(0.9) as Arc<dyn LlmClient>)
+        .agent("answerer", Hang)
+        .build()
+        .unwrap();
+    let handle = runtime
+        .start(RunRequest::new(workflow(WORKFLOW), "Which river?"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    handle.cancel();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), handle.wait())
+        .await
+        .expect("cancellation ends the run")
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Cancelled);
+}
+
+#[tokio::test]
+async fn without_an_llm_or_agent_a_run_is_refused_with_a_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .store(store(dir.path()))
+        .build()
+        .unwrap();
+    let err = match runtime
+        .start(RunRequest::new(workflow(WORKFLOW), "q"))
+        .await
+    {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("started without an LLM"),
+    };
+    assert!(err.contains("--llm-url"), "{err}");
+}
+
+/// Counts invocations per (node, round); hangs at one (node, round) the first time.
+struct Counting {
+    seen: Arc<Mutex<HashMap<(String, u32), usize>>>,
+    hang_at: Option<(String, u32)>,
+    kind: &'static str,
+}
+
+#[async_trait::async_trait]
+impl Agent for Counting {
+    async fn act(&self, input: AgentInput<'_>) -> Result<AgentReply, AgentError> {
+        let key = (input.node.name.clone(), input.round);
+        *self.seen.lock().entry(key.clone()).or_default() += 1;
+        if self.hang_at.as_ref() == Some(&key) {
+            std::future::pending::<()>().await;
+        }
+        Ok(AgentReply::items(vec![OutputItem {
+            kind: self.kind.into(),
+            content: format!(
+                "{} says something new in round {}",
+                input.node.name, input.round
+            ),
+            key: None,
+            confidence: Some(0.5),
+            cites: Vec::new(),
+            payload: None,
+        }]))
+    }
+}
+
+#[test]
+fn an_interrupted_run_resumes_without_redoing_finished_nodes_or_duplicating_items() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let build = |hang: Option<(String, u32)>| {
+        let mut b = Runtime::builder()
+            .data_dir(dir.path())
+            .store(Arc::clone(&store));
+        for (role, kind) in [
+            ("planner", "plan"),
+            ("researcher", "evidence"),
+            ("answerer", "answer"),
+        ] {
+            b = b.agent(
+                role,
+                Counting {
+                    seen: Arc::clone(&seen),
+                    hang_at: hang.clone(),
+                    kind,
+                },
+            );
+        }
+        b.build().unwrap()
+    };
+
+    // Phase 1: the run hangs in round 2 at `research`; its process "dies" (the tokio runtime is
+    // torn down mid-run, the journal keeps what was checkpointed).
+    let run_id = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let id = rt.block_on(async {
+            let runtime = build(Some(("research".into(), 2)));
+            let handle = runtime
+                .start(RunRequest::new(workflow(WORKFLOW), "Which river?"))
+                .await
+                .unwrap();
+            let mut events = handle.subscribe();
+            loop {
+                let e = events.recv().await.unwrap();
+                if let EventKind::NodeStarted { node, round: 2, .. } = &e.kind
+                    && node == "research"
+                {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            handle.id().to_owned()
+        });
+        rt.shutdown_timeout(Duration::from_secs(5));
+        id
+    };
+    let before = seen.lock().clone();
+    assert_eq!(before.get(&("research".to_string(), 2)), Some(&1));
+
+    // Phase 2: a new runtime over the same data finds the run interrupted and resumes it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let runtime = build(None);
+        assert_eq!(runtime.interrupted(), vec![run_id.clone()]);
+        let outcome = runtime.resume(&run_id).await.unwrap().wait().await.unwrap();
+        assert_eq!(outcome.status, RunStatus::Finished, "{:?}", outcome.error);
+        assert_eq!(outcome.rounds, 3);
+        let seen = seen.lock().clone();
+        // Round 1 nodes and round 2's... nothing finished before research@2 ran once more.
+        for ((node, round), n) in &seen {
+            let expected = if node == "research" && *round == 2 {
+                2
+            } else {
+                1
+            };
+            assert_eq!(*n, expected, "{node}@{round} ran {n} times");
+        }
+        // plan (round 1 only) + research and answer in 3 rounds.
+        assert_eq!(seen.len(), 7);
+        // One item per (node, round), none duplicated.
+        let items = runtime
+            .store()
+            .list(
+                &Filter::namespace(outcome.namespace.clone()).include_superseded(true),
+                &Page::first(100),
+            )
+            .unwrap();
+        assert_eq!(items.len(), 1 + 7, "task + one item per node run");
+        assert!(runtime.interrupted().is_empty());
+    });
+}
+
+#[tokio::test]
+async fn checkpoints_off_still_runs_and_leaves_no_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::builder()
+        .store(store(dir.path()))
+        .durability(Durability::Off)
+        .llm(llm(0.9) as Arc<dyn LlmClient>)
+        .build()
+        .unwrap();
+    let outcome = runtime
+        .run(RunRequest::new(workflow(WORKFLOW), "Which river?"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Finished);
+    assert!(runtime.journal_path().is_none());
+}
