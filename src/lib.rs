@@ -24,7 +24,14 @@
 //! # }
 //! ```
 
+pub use agentd_llm as llm;
 pub use agentd_memory as memory;
 pub use agentd_router as router;
+pub use agentd_runtime as runtime;
+pub use agentd_workflow as workflow;
+
+pub use agentd_runtime::{Agent, RunRequest, Runtime};
+pub use agentd_workflow::Workflow;
 
 pub mod bench;
+pub mod cli;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use agentd::bench::memory::MemoryBench;
 use agentd::bench::route::RouteBench;
+use agentd::cli;
 use agentd::memory::embed::EmbedderConfig;
 use clap::{Parser, Subcommand, ValueEnum};
 
@@ -18,6 +19,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a workflow on a task (documents optional) and print the answer, its evidence and
+    /// the tokens used per role.
+    Run(cli::run::RunArgs),
+    /// Resume runs that a crash or a shutdown interrupted.
+    Resume(cli::run::ResumeArgs),
+    /// Recompute a finished run's context packs under another policy and compare them.
+    Replay(cli::run::ReplayArgs),
+    /// List the runs in the data folder.
+    Runs(cli::run::RunsArgs),
+    /// Check workflow and role files; exits 78 on a configuration error.
+    Validate(cli::workflow::ValidateArgs),
+    /// Print a workflow's graph (DOT or Mermaid).
+    Graph(cli::workflow::GraphArgs),
+    /// Print JSON Schemas of workflow and role files.
+    Schema(cli::workflow::SchemaArgs),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(Bench),
@@ -29,6 +45,8 @@ enum Bench {
     Memory(MemoryArgs),
     /// Latency of one routing decision (in memory, or over a store with --store-items).
     Route(RouteArgs),
+    /// Per-node overhead of the runtime and runs/s, with an instant scripted LLM.
+    Runtime(agentd::bench::runtime::RuntimeArgs),
 }
 
 #[derive(clap::Args)]
@@ -103,8 +121,16 @@ struct MemoryArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("AGENTD_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -112,11 +138,39 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<bool> {
     match cli.command {
-        Command::Bench(Bench::Memory(args)) => bench_memory(args),
-        Command::Bench(Bench::Route(args)) => bench_route(args),
+        Command::Validate(args) => {
+            return Ok(if cli::workflow::validate(args) {
+                true
+            } else {
+                std::process::exit(i32::from(cli::workflow::EXIT_CONFIG))
+            });
+        }
+        Command::Graph(args) => {
+            if !cli::workflow::graph(args) {
+                std::process::exit(i32::from(cli::workflow::EXIT_CONFIG));
+            }
+        }
+        Command::Schema(args) => cli::workflow::schema(args)?,
+        Command::Replay(args) => cli::run::replay(args)?,
+        Command::Runs(args) => cli::run::runs(args)?,
+        Command::Run(args) => return tokio_runtime()?.block_on(cli::run::run(args)),
+        Command::Resume(args) => return tokio_runtime()?.block_on(cli::run::resume(args)),
+        Command::Bench(Bench::Memory(args)) => bench_memory(args)?,
+        Command::Bench(Bench::Route(args)) => bench_route(args)?,
+        Command::Bench(Bench::Runtime(args)) => {
+            let report = tokio_runtime()?.block_on(agentd::bench::runtime::run(&args))?;
+            print_report(&report, args.json)?;
+        }
     }
+    Ok(true)
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }
 
 fn bench_route(args: RouteArgs) -> anyhow::Result<()> {

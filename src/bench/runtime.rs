@@ -1,0 +1,331 @@
+//! `agentd bench runtime`: what the runtime itself costs per node.
+//!
+//! The workflow has the multihop_qa shape (plan → research → reason → answer, 3 rounds, no stop
+//! condition, so 12 nodes per run), every role answered instantly by a scripted LLM that returns
+//! one item. Each node routes over the run's memory, renders its prompt, parses the reply and
+//! writes one item: that is the node's **work**. The **overhead** is everything else from the
+//! orchestrator's dispatch to the node's checkpoint: mailboxes, scheduling, events, usage
+//! accounting, and the checkpoint itself (an fsync with durable checkpoints).
+//!
+//! Phases, in one process: sequential runs with checkpoints off, sequential runs with durable
+//! checkpoints, then `concurrency` runs at a time with durable checkpoints (group commits) and
+//! with checkpoints off. One fsync of a small append is measured in the same run as the
+//! baseline of the durable figures.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentd_llm::{ChatRequest, LlmClient, ScriptedClient};
+use agentd_memory::embed::HashingEmbedder;
+use agentd_memory::tokens::default_token_counter;
+use agentd_memory::{EmbeddedStore, MemoryStore, StoreOptions};
+use agentd_runtime::{Durability, NodeTimings, RunRequest, RunStatus, Runtime};
+use agentd_workflow::Workflow;
+use serde::Serialize;
+
+use super::{percentile, rss_peak_mb};
+
+/// Arguments of `agentd bench runtime`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct RuntimeArgs {
+    /// Runs per phase.
+    #[arg(long, default_value_t = 200)]
+    pub runs: usize,
+    /// Runs in flight in the concurrent phases.
+    #[arg(long, default_value_t = 100)]
+    pub concurrency: usize,
+    /// Memory writes fsync too (default: they reach the OS only; the store has its own
+    /// benchmark, and this one measures the runtime).
+    #[arg(long)]
+    pub store_fsync: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Figures of `agentd bench runtime`.
+#[derive(Debug, Serialize)]
+pub struct RuntimeReport {
+    /// Runs per phase.
+    pub runs: usize,
+    /// Nodes per run.
+    pub nodes_per_run: usize,
+    /// Concurrency of the concurrent phases.
+    pub concurrency: usize,
+    /// Overhead per node, checkpoints off, sequential (µs).
+    pub overhead_off_p50_us: f64,
+    /// p99 of the same.
+    pub overhead_off_p99_us: f64,
+    /// Overhead per node, durable checkpoints, sequential (µs).
+    pub overhead_durable_p50_us: f64,
+    /// p99 of the same.
+    pub overhead_durable_p99_us: f64,
+    /// One fsync of a small append on this disk, median (µs).
+    pub fsync_p50_us: f64,
+    /// `overhead_durable_p50_us / fsync_p50_us`.
+    pub durable_over_fsync: f64,
+    /// A node's own work (routing, prompt, scripted reply, parsing, write-back), median (µs).
+    pub node_work_p50_us: f64,
+    /// Runs per second at `concurrency`, durable checkpoints.
+    pub runs_per_s_durable: f64,
+    /// Runs per second at `concurrency`, checkpoints off.
+    pub runs_per_s_off: f64,
+    /// Overhead per node at `concurrency`, durable, amortised: (wall time × worker threads −
+    /// node work) / nodes (µs).
+    pub overhead_durable_amortised_us: f64,
+    /// The same with checkpoints off (µs).
+    pub overhead_off_amortised_us: f64,
+    /// Peak resident set size (MiB).
+    pub rss_peak_mb: f64,
+}
+
+const WORKFLOW: &str = r#"
+[workflow]
+name = "bench_multihop"
+max_rounds = 3
+
+[router]
+policy = "rcr"
+
+[roles.planner]
+description = "Breaks the question into sub-questions."
+writes = ["plan"]
+prompt = { system = "Plan.", template = "{{task}} {{context}} {{output_format}}" }
+
+[roles.researcher]
+description = "Finds evidence for the sub-questions."
+writes = ["evidence"]
+prompt = { system = "Research.", template = "{{task}} {{context}} {{output_format}}" }
+
+[roles.reasoner]
+description = "Links facts across hops."
+writes = ["fact"]
+prompt = { system = "Reason.", template = "{{task}} {{context}} {{output_format}}" }
+
+[roles.answerer]
+description = "Answers with cited evidence."
+writes = ["answer"]
+prompt = { system = "Answer.", template = "{{task}} {{context}} {{output_format}}" }
+
+[nodes.plan]
+role = "planner"
+stage = "plan"
+
+[nodes.research]
+role = "researcher"
+stage = "gather"
+after = ["plan"]
+
+[nodes.reason]
+role = "reasoner"
+stage = "reason"
+after = ["research"]
+
+[nodes.answer]
+role = "answerer"
+stage = "answer"
+after = ["reason"]
+"#;
+
+/// A scripted LLM answering every role instantly with one fresh item of the kind it writes.
+fn scripted_llm() -> Arc<dyn LlmClient> {
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    Arc::new(ScriptedClient::new(move |req: &ChatRequest| {
+        let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let system = req.messages.first().map_or("", |m| m.content.as_str());
+        let reply = match system {
+            "Answer." => format!(
+                r#"{{"answer": {{"content": "answer {n}", "confidence": 0.5, "cites": []}}}}"#
+            ),
+            s => {
+                let kind = match s {
+                    "Plan." => "plan",
+                    "Research." => "evidence",
+                    _ => "fact",
+                };
+                format!(
+                    r#"{{"items": [{{"kind": "{kind}", "content": "note {n} about step {kind}", "confidence": 0.8}}]}}"#
+                )
+            }
+        };
+        Ok(reply)
+    }))
+}
+
+struct Phase {
+    wall: Duration,
+    timings: Vec<(Duration, Duration)>,
+}
+
+async fn phase(
+    workflow: &Arc<Workflow>,
+    durability: Durability,
+    runs: usize,
+    concurrency: usize,
+    store_fsync: bool,
+) -> anyhow::Result<Phase> {
+    let dir = tempfile::tempdir()?;
+    let durability_store = if store_fsync {
+        agentd_memory::Durability::Fsync
+    } else {
+        agentd_memory::Durability::Background {
+            flush_every_ms: 1000,
+        }
+    };
+    let options = StoreOptions::new(
+        Arc::new(HashingEmbedder::new(256)?),
+        default_token_counter(),
+    )
+    .durability(durability_store);
+    let store: Arc<dyn MemoryStore> =
+        Arc::new(EmbeddedStore::open(dir.path().join("memory"), options)?);
+    let timings = Arc::new(NodeTimings::default());
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .store(store)
+        .llm(scripted_llm())
+        .durability(durability)
+        .node_timings(Arc::clone(&timings))
+        .build()?;
+    // Warm up (the router's role vectors, allocators, page cache).
+    for _ in 0..3 {
+        runtime
+            .run(RunRequest::new(Arc::clone(workflow), "warm up"))
+            .await?;
+    }
+    timings.take();
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let mut tasks = Vec::with_capacity(runs);
+    for i in 0..runs {
+        let permit = Arc::clone(&semaphore).acquire_owned().await?;
+        let runtime = runtime.clone();
+        let workflow = Arc::clone(workflow);
+        tasks.push(tokio::spawn(async move {
+            let outcome = runtime
+                .run(RunRequest::new(
+                    workflow,
+                    format!("Which river flows through the capital of country {i}?"),
+                ))
+                .await;
+            drop(permit);
+            outcome
+        }));
+    }
+    for task in tasks {
+        let outcome = task.await??;
+        if outcome.status != RunStatus::Finished {
+            anyhow::bail!("a benchmark run did not finish: {:?}", outcome.error);
+        }
+    }
+    let wall = started.elapsed();
+    runtime.close();
+    Ok(Phase {
+        wall,
+        timings: timings.take(),
+    })
+}
+
+fn overheads_us(timings: &[(Duration, Duration)]) -> Vec<f64> {
+    timings
+        .iter()
+        .map(|(total, work)| total.saturating_sub(*work).as_secs_f64() * 1e6)
+        .collect()
+}
+
+fn fsync_p50_us() -> anyhow::Result<f64> {
+    use std::io::Write;
+    let dir = tempfile::tempdir()?;
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("probe"))?;
+    let mut samples = Vec::with_capacity(200);
+    for _ in 0..200 {
+        let t = Instant::now();
+        file.write_all(&[7u8; 200])?;
+        file.sync_data()?;
+        samples.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(percentile(&mut samples, 50.0))
+}
+
+/// Runs the benchmark.
+pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
+    if args.runs == 0 || args.concurrency == 0 {
+        anyhow::bail!("--runs and --concurrency must be at least 1");
+    }
+    let workflow = Arc::new(
+        Workflow::parse(WORKFLOW, "bench runtime workflow", None)
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
+    let nodes_per_run = workflow.nodes.len() * workflow.max_rounds as usize;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+
+    eprintln!("bench runtime: sequential, checkpoints off");
+    let off = phase(&workflow, Durability::Off, args.runs, 1, args.store_fsync).await?;
+    eprintln!("bench runtime: sequential, durable checkpoints");
+    let durable = phase(
+        &workflow,
+        Durability::Durable,
+        args.runs,
+        1,
+        args.store_fsync,
+    )
+    .await?;
+    eprintln!("bench runtime: concurrency {}, durable", args.concurrency);
+    let c_durable = phase(
+        &workflow,
+        Durability::Durable,
+        args.runs,
+        args.concurrency,
+        args.store_fsync,
+    )
+    .await?;
+    eprintln!("bench runtime: concurrency {}, off", args.concurrency);
+    let c_off = phase(
+        &workflow,
+        Durability::Off,
+        args.runs,
+        args.concurrency,
+        args.store_fsync,
+    )
+    .await?;
+    let fsync = fsync_p50_us()?;
+
+    let mut off_us = overheads_us(&off.timings);
+    let mut durable_us = overheads_us(&durable.timings);
+    let mut work_us: Vec<f64> = durable
+        .timings
+        .iter()
+        .chain(&off.timings)
+        .map(|(_, w)| w.as_secs_f64() * 1e6)
+        .collect();
+    let amortised = |p: &Phase| {
+        let nodes = p.timings.len().max(1) as f64;
+        let work: f64 = p.timings.iter().map(|(_, w)| w.as_secs_f64() * 1e6).sum();
+        ((p.wall.as_secs_f64() * 1e6 * threads - work) / nodes).max(0.0)
+    };
+    let durable_p50 = percentile(&mut durable_us, 50.0);
+    Ok(RuntimeReport {
+        runs: args.runs,
+        nodes_per_run,
+        concurrency: args.concurrency,
+        overhead_off_p50_us: percentile(&mut off_us, 50.0),
+        overhead_off_p99_us: percentile(&mut off_us, 99.0),
+        overhead_durable_p50_us: durable_p50,
+        overhead_durable_p99_us: percentile(&mut durable_us, 99.0),
+        fsync_p50_us: fsync,
+        durable_over_fsync: if fsync > 0.0 {
+            durable_p50 / fsync
+        } else {
+            0.0
+        },
+        node_work_p50_us: percentile(&mut work_us, 50.0),
+        runs_per_s_durable: args.runs as f64 / c_durable.wall.as_secs_f64(),
+        runs_per_s_off: args.runs as f64 / c_off.wall.as_secs_f64(),
+        overhead_durable_amortised_us: amortised(&c_durable),
+        overhead_off_amortised_us: amortised(&c_off),
+        rss_peak_mb: rss_peak_mb(),
+    })
+}

@@ -1,0 +1,5 @@
+//! The `agentd` command line's subcommands (the binary's `main` only dispatches).
+
+pub mod docs;
+pub mod run;
+pub mod workflow;
