@@ -37,17 +37,33 @@ pub struct RuntimeArgs {
     /// Request timeout of one LLM call, in seconds.
     #[arg(long, default_value_t = 300.0)]
     pub llm_timeout: f64,
+    /// A provider file (TOML: base_url, model, api_key_env, timeout_secs, max_retries,
+    /// concurrency, tokens_per_minute, price = { prompt_per_million_usd, completion_per_million_usd },
+    /// ...); replaces --llm-url, --api-key-env and --llm-timeout.
+    #[arg(long, env = "AGENTD_LLM_PROVIDER")]
+    pub provider: Option<PathBuf>,
 }
 
 impl RuntimeArgs {
     /// Builds the runtime these options describe.
     pub fn runtime(&self) -> anyhow::Result<Runtime> {
-        let mut config = ProviderConfig::new(
-            self.llm_url.clone(),
-            self.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into()),
-        );
-        config.api_key_env = self.api_key_env.clone();
-        config.timeout_secs = self.llm_timeout;
+        let config = match &self.provider {
+            Some(file) => {
+                let text = std::fs::read_to_string(file)
+                    .with_context(|| format!("reading the provider file {}", file.display()))?;
+                toml::from_str::<ProviderConfig>(&text)
+                    .with_context(|| format!("in the provider file {}", file.display()))?
+            }
+            None => {
+                let mut config = ProviderConfig::new(
+                    self.llm_url.clone(),
+                    self.model.clone().unwrap_or_else(|| DEFAULT_MODEL.into()),
+                );
+                config.api_key_env = self.api_key_env.clone();
+                config.timeout_secs = self.llm_timeout;
+                config
+            }
+        };
         let client: Arc<dyn LlmClient> = Arc::new(
             OpenAiClient::new(config).context("setting up the LLM client (--llm-url, --model)")?,
         );

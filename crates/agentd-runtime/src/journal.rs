@@ -4,12 +4,13 @@
 //! items the node produced (references, not copies) and its usage. A run's state is the fold of
 //! its events (see [`crate::state`]), so resuming after a crash replays the journal.
 //!
-//! One writer thread owns the file. Appenders hand it framed records over a channel; records
-//! that need durability carry an acknowledgement, which the writer sends after one
-//! `fdatasync` covering everything queued so far. Under load many appenders share one sync
-//! (group commit), which is what makes durable checkpoints cheap at high concurrency. Records
-//! that need no durability on their own (a node started, a context routed) are queued without
-//! waiting; the next synced record makes them durable too, in order.
+//! Appends are framed into an in-memory buffer under a short lock. A synced append then makes
+//! everything buffered so far durable: the first caller to get the file lock (the leader)
+//! takes the whole buffer, writes it and `fdatasync`s once; callers whose records that sync
+//! covered return without syncing (group commit). Under load many checkpoints share one sync;
+//! alone, a checkpoint costs one write and one sync on the caller's thread, with no hand-off to
+//! another thread. Records that need no durability of their own (a node started, a context
+//! routed) wait in the buffer for the next synced record, which makes them durable in order.
 //!
 //! Frame: `len: u32 LE | crc32(payload): u32 LE | payload` where the payload is one JSON
 //! object (so `agentd` journals can be inspected with standard tools). On open, a torn or
@@ -21,10 +22,9 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc;
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 use crate::event::Event;
 
@@ -32,6 +32,8 @@ const FILE_NAME: &str = "journal.log";
 const HEADER: usize = 8;
 /// Largest record accepted on read; a larger length field is corruption.
 const MAX_RECORD: usize = 256 << 20;
+/// Buffered bytes from which an unsynced append writes the buffer out itself.
+const FLUSH_AT: usize = 1 << 20;
 
 /// How run state is persisted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -58,7 +60,7 @@ pub enum JournalError {
         /// What failed.
         message: String,
     },
-    /// The writer stopped after an earlier failure; nothing more is accepted.
+    /// An earlier write failed; nothing more is accepted (restart to recover what is on disk).
     #[error("run journal {path} is closed after an earlier write failure: {message}")]
     Poisoned {
         /// The journal file.
@@ -68,20 +70,30 @@ pub enum JournalError {
     },
 }
 
-enum Op {
-    Append {
-        frame: Vec<u8>,
-        ack: Option<tokio::sync::oneshot::Sender<Result<(), JournalError>>>,
-    },
-    Shutdown,
+/// Records appended but not yet written.
+struct Pending {
+    buf: Vec<u8>,
+    /// Number of records appended so far.
+    appended: u64,
 }
 
-/// The append-only run journal. Cheap to share behind an `Arc`.
+/// The file and the leader's state.
+struct Writer {
+    file: File,
+    /// A spare buffer, swapped with the pending one to keep both allocations.
+    spare: Vec<u8>,
+    /// The first write failure, after which nothing more is written.
+    failure: Option<String>,
+}
+
+/// The append-only run journal. Share it behind an `Arc`.
 pub struct Journal {
     path: PathBuf,
-    tx: mpsc::Sender<Op>,
-    poisoned: Arc<AtomicBool>,
-    writer: parking_lot::Mutex<Option<JoinHandle<()>>>,
+    durability: Durability,
+    pending: Mutex<Pending>,
+    writer: Mutex<Writer>,
+    /// Records known to be written (and synced, when durable).
+    durable: AtomicU64,
 }
 
 impl Journal {
@@ -114,22 +126,20 @@ impl Journal {
             file.sync_all().map_err(|e| io("syncing", e))?;
         }
         file.seek(SeekFrom::End(0)).map_err(|e| io("seeking", e))?;
-        let (tx, rx) = mpsc::channel();
-        let poisoned = Arc::new(AtomicBool::new(false));
-        let writer = {
-            let path = path.clone();
-            let poisoned = Arc::clone(&poisoned);
-            std::thread::Builder::new()
-                .name("agentd-journal".into())
-                .spawn(move || write_loop(file, path, rx, durability, poisoned))
-                .map_err(|e| io("starting the writer thread", e))?
-        };
         Ok((
             Journal {
                 path,
-                tx,
-                poisoned,
-                writer: parking_lot::Mutex::new(Some(writer)),
+                durability,
+                pending: Mutex::new(Pending {
+                    buf: Vec::with_capacity(64 << 10),
+                    appended: 0,
+                }),
+                writer: Mutex::new(Writer {
+                    file,
+                    spare: Vec::with_capacity(64 << 10),
+                    failure: None,
+                }),
+                durable: AtomicU64::new(0),
             },
             events,
         ))
@@ -140,113 +150,91 @@ impl Journal {
         &self.path
     }
 
-    /// Queues `event` without waiting; a later [`Journal::append_synced`] makes it durable.
+    /// Buffers `event`; a later [`Journal::append_synced`] (or [`Journal::flush`]) writes it.
     pub fn append(&self, event: &Event) -> Result<(), JournalError> {
-        self.check()?;
-        let frame = encode(event);
-        self.tx
-            .send(Op::Append { frame, ack: None })
-            .map_err(|_| self.closed())
+        let appended = self.push(event);
+        if self.pending.lock().buf.len() >= FLUSH_AT {
+            self.write_through(appended, false)?;
+        }
+        Ok(())
     }
 
-    /// Appends `event` and waits until it, and everything queued before it, is durable (under
-    /// the journal's durability).
-    pub async fn append_synced(&self, event: &Event) -> Result<(), JournalError> {
-        self.check()?;
-        let frame = encode(event);
-        let (ack, done) = tokio::sync::oneshot::channel();
-        self.tx
-            .send(Op::Append {
-                frame,
-                ack: Some(ack),
-            })
-            .map_err(|_| self.closed())?;
-        done.await.map_err(|_| self.closed())?
+    /// Appends `event` and returns once it, and everything appended before it, is written (and
+    /// synced, under [`Durability::Durable`]). Blocks the calling thread for the write and the
+    /// sync, or until another caller's sync covers this record.
+    pub fn append_synced(&self, event: &Event) -> Result<(), JournalError> {
+        let appended = self.push(event);
+        self.write_through(appended, self.durability == Durability::Durable)
     }
 
-    fn check(&self) -> Result<(), JournalError> {
-        if self.poisoned.load(Ordering::Acquire) {
-            Err(self.closed())
-        } else {
-            Ok(())
+    /// Writes (and syncs, when durable) everything appended so far.
+    pub fn flush(&self) -> Result<(), JournalError> {
+        let appended = self.pending.lock().appended;
+        self.write_through(appended, self.durability == Durability::Durable)
+    }
+
+    fn push(&self, event: &Event) -> u64 {
+        let frame = encode(event);
+        let mut pending = self.pending.lock();
+        pending.buf.extend_from_slice(&frame);
+        pending.appended += 1;
+        pending.appended
+    }
+
+    /// Makes records up to `upto` written (and synced if `sync`): as the leader, or by finding
+    /// that a leader already did.
+    fn write_through(&self, upto: u64, sync: bool) -> Result<(), JournalError> {
+        if self.durable.load(Ordering::Acquire) >= upto {
+            return Ok(());
+        }
+        let mut writer = self.writer.lock();
+        if let Some(message) = &writer.failure {
+            return Err(JournalError::Poisoned {
+                path: self.path.clone(),
+                message: message.clone(),
+            });
+        }
+        if self.durable.load(Ordering::Acquire) >= upto {
+            return Ok(());
+        }
+        let writer = &mut *writer;
+        let covered = {
+            let mut pending = self.pending.lock();
+            std::mem::swap(&mut pending.buf, &mut writer.spare);
+            pending.appended
+        };
+        let mut result = writer.file.write_all(&writer.spare);
+        if result.is_ok() && sync {
+            result = writer.file.sync_data();
+        }
+        writer.spare.clear();
+        match result {
+            Ok(()) => {
+                self.durable.store(covered, Ordering::Release);
+                Ok(())
+            }
+            Err(e) => {
+                let message = format!("appending: {e}");
+                tracing::error!(path = %self.path.display(), %message, "run journal write failed; runs cannot checkpoint");
+                writer.failure = Some(message.clone());
+                Err(JournalError::Io {
+                    path: self.path.clone(),
+                    message,
+                })
+            }
         }
     }
 
-    fn closed(&self) -> JournalError {
-        JournalError::Poisoned {
-            path: self.path.clone(),
-            message: "the writer stopped; see the earlier error in the log".into(),
-        }
-    }
-
-    /// Flushes what is queued and stops the writer.
+    /// Writes and syncs what is buffered.
     pub fn close(&self) {
-        let _ = self.tx.send(Op::Shutdown);
-        if let Some(handle) = self.writer.lock().take() {
-            let _ = handle.join();
-        }
+        let appended = self.pending.lock().appended;
+        let _ = self.write_through(appended, self.durability != Durability::Off);
     }
 }
 
 impl Drop for Journal {
     fn drop(&mut self) {
         self.close();
-    }
-}
-
-fn write_loop(
-    mut file: File,
-    path: PathBuf,
-    rx: mpsc::Receiver<Op>,
-    durability: Durability,
-    poisoned: Arc<AtomicBool>,
-) {
-    let mut buf = Vec::with_capacity(64 << 10);
-    let mut acks = Vec::new();
-    let mut failure: Option<JournalError> = None;
-    let mut stop = false;
-    while !stop {
-        let Ok(first) = rx.recv() else { break };
-        buf.clear();
-        let take = |op: Op, buf: &mut Vec<u8>, acks: &mut Vec<_>| match op {
-            Op::Append { frame, ack } => {
-                buf.extend_from_slice(&frame);
-                if let Some(ack) = ack {
-                    acks.push(ack);
-                }
-                false
-            }
-            Op::Shutdown => true,
-        };
-        stop |= take(first, &mut buf, &mut acks);
-        while !stop {
-            match rx.try_recv() {
-                Ok(op) => stop |= take(op, &mut buf, &mut acks),
-                Err(_) => break,
-            }
-        }
-        let result = match &failure {
-            Some(e) => Err(e.clone()),
-            None => {
-                let mut r = file.write_all(&buf);
-                if r.is_ok() && durability == Durability::Durable && (!acks.is_empty() || stop) {
-                    r = file.sync_data();
-                }
-                r.map_err(|e| {
-                    let err = JournalError::Io {
-                        path: path.clone(),
-                        message: format!("appending: {e}"),
-                    };
-                    tracing::error!(error = %err, "run journal write failed; runs cannot checkpoint");
-                    poisoned.store(true, Ordering::Release);
-                    failure = Some(err.clone());
-                    err
-                })
-            }
-        };
-        for ack in acks.drain(..) {
-            let _ = ack.send(result.clone());
-        }
     }
 }
 
@@ -293,6 +281,7 @@ fn decode_all(bytes: &[u8]) -> (Vec<Event>, usize) {
 mod tests {
     use super::*;
     use crate::event::EventKind;
+    use std::sync::Arc;
 
     fn event(run: &str, seq: u64) -> Event {
         Event {
@@ -303,15 +292,15 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn appends_survive_reopen_and_torn_tails_are_cut() {
+    #[test]
+    fn appends_survive_reopen_and_torn_tails_are_cut() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (j, old) = Journal::open(dir.path(), Durability::Durable).unwrap();
             assert!(old.is_empty());
             j.append(&event("a", 1)).unwrap();
-            j.append_synced(&event("a", 2)).await.unwrap();
-            j.append_synced(&event("b", 1)).await.unwrap();
+            j.append_synced(&event("a", 2)).unwrap();
+            j.append_synced(&event("b", 1)).unwrap();
         }
         // A crash mid-append leaves half a frame.
         let path = dir.path().join(FILE_NAME);
@@ -321,20 +310,20 @@ mod tests {
         let (j, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
         assert_eq!(events.len(), 3);
         assert_eq!(events[2].run, "b");
-        j.append_synced(&event("d", 1)).await.unwrap();
+        j.append_synced(&event("d", 1)).unwrap();
         drop(j);
         let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
         assert_eq!(events.len(), 4);
         assert_eq!(events[3].run, "d");
     }
 
-    #[tokio::test]
-    async fn a_flipped_byte_stops_replay_at_the_damage() {
+    #[test]
+    fn a_flipped_byte_stops_replay_at_the_damage() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (j, _) = Journal::open(dir.path(), Durability::Buffered).unwrap();
             for i in 0..5 {
-                j.append_synced(&event("a", i)).await.unwrap();
+                j.append_synced(&event("a", i)).unwrap();
             }
         }
         let path = dir.path().join(FILE_NAME);
@@ -346,22 +335,22 @@ mod tests {
         assert_eq!(events.len(), 2);
     }
 
-    #[tokio::test]
-    async fn concurrent_synced_appends_share_syncs_and_all_land() {
+    #[test]
+    fn concurrent_synced_appends_share_syncs_and_all_land() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
         let j = Arc::new(j);
         let mut tasks = Vec::new();
         for t in 0..16 {
             let j = Arc::clone(&j);
-            tasks.push(tokio::spawn(async move {
+            tasks.push(std::thread::spawn(move || {
                 for i in 0..20 {
-                    j.append_synced(&event(&format!("r{t}"), i)).await.unwrap();
+                    j.append_synced(&event(&format!("r{t}"), i)).unwrap();
                 }
             }));
         }
         for t in tasks {
-            t.await.unwrap();
+            t.join().unwrap();
         }
         drop(j);
         let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();

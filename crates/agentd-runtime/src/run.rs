@@ -15,6 +15,7 @@ use agentd_router::{ContextPack, RouteRequest, RunBudget, effective_budget};
 use agentd_workflow::{NodeSpec, Workflow};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, watch};
+use tracing::Instrument;
 
 use crate::agent::{AgentError, AgentInput, AgentReply, ModelSettings, describe_parse};
 use crate::event::{Event, EventKind, RunRecord};
@@ -136,7 +137,7 @@ impl RunCx {
         };
         if let Some(journal) = &self.rt.journal {
             if sync {
-                journal.append_synced(&event).await?;
+                journal.append_synced(&event)?;
             } else {
                 journal.append(&event)?;
             }
@@ -182,7 +183,8 @@ impl NodeTimings {
 /// Runs (or resumes) a run to its end. Never panics on agent or LLM failures: every outcome is
 /// a terminal event.
 pub(crate) async fn drive(cx: Arc<RunCx>) -> RunStatus {
-    let status = match orchestrate(&cx).await {
+    let span = tracing::info_span!("run", id = %cx.shared.id, workflow = %cx.workflow.name);
+    let status = match orchestrate(&cx).instrument(span).await {
         Ok(status) => status,
         Err(e) => {
             let error = e.to_string();
@@ -394,7 +396,13 @@ async fn node_actor(
     reports: mpsc::Sender<NodeReport>,
 ) {
     while let Some(cmd) = mailbox.recv().await {
-        let result = run_node(&cx, index, cmd.round).await;
+        let span = tracing::info_span!(
+            "node",
+            run = %cx.shared.id,
+            node = %cx.workflow.nodes[index].name,
+            round = cmd.round
+        );
+        let result = run_node(&cx, index, cmd.round).instrument(span).await;
         let report = NodeReport {
             node: index,
             round: cmd.round,

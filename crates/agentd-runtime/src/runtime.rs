@@ -530,11 +530,7 @@ impl Runtime {
     }
 
     /// A run's events after `seq`, and a live channel for what follows.
-    pub fn follow(
-        &self,
-        id: &str,
-        after_seq: u64,
-    ) -> Result<EventFollow, RuntimeError> {
+    pub fn follow(&self, id: &str, after_seq: u64) -> Result<EventFollow, RuntimeError> {
         let shared = self.shared(id)?;
         let rx = shared.subscribe();
         Ok((shared.events_after(after_seq), rx))
