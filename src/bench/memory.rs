@@ -6,7 +6,8 @@
 //! ingest does not wait for it); then run `queries` searches of each mode with k = 20 and
 //! measure their latency, and measure vector recall@20 against an exact scan. Query embeddings
 //! are computed before timing (reported separately as `query_embed_p50_ms`), so the search
-//! figures are the store's own.
+//! figures are the store's own. Last, time single-item writes into a small namespace of the
+//! same store (what the runtime's write-back does per node).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,6 +20,9 @@ use agentd_memory::{EmbeddedStore, Filter, MemoryStore, SearchMode, SearchQuery,
 use serde::Serialize;
 
 use super::{percentile, rss_peak_mb};
+
+/// Single-item writes timed at the end of a run.
+const SMALL_PUTS: u64 = 200;
 
 /// Parameters of a memory benchmark run.
 #[derive(Clone, Debug)]
@@ -87,6 +91,10 @@ pub struct MemoryBenchReport {
     pub hybrid_p95_ms: f64,
     /// Query embedding latency, median (not included in the search figures).
     pub query_embed_p50_ms: f64,
+    /// Latency of a durable single-item `put`, median.
+    pub small_put_p50_ms: f64,
+    /// Latency of a durable single-item `put`, 95th percentile.
+    pub small_put_p95_ms: f64,
     /// Bytes on disk after ingest.
     pub disk_bytes: u64,
     /// Peak resident memory of the process.
@@ -234,6 +242,15 @@ impl MemoryBench {
             progress(&format!("ef {ef}: {:?}", ef_sweep.last()));
         }
 
+        progress("timing single-item writes");
+        let mut small_put = Vec::with_capacity(SMALL_PUTS as usize);
+        for i in 0..SMALL_PUTS {
+            let item = corpus.item("bench-small", self.items + i);
+            let t0 = Instant::now();
+            store.put(item)?;
+            small_put.push(t0.elapsed().as_secs_f64() * 1e3);
+        }
+
         Ok(MemoryBenchReport {
             items: self.items,
             embedder: embedder.name().to_owned(),
@@ -248,6 +265,8 @@ impl MemoryBench {
             hybrid_p50_ms: percentile(&mut hybrid, 50.0),
             hybrid_p95_ms: percentile(&mut hybrid, 95.0),
             query_embed_p50_ms: percentile(&mut embed_ms, 50.0),
+            small_put_p50_ms: percentile(&mut small_put, 50.0),
+            small_put_p95_ms: percentile(&mut small_put, 95.0),
             disk_bytes: store.disk_bytes(),
             rss_peak_mb: rss_peak_mb(),
             queries: self.queries,

@@ -158,6 +158,8 @@ fn scripted_llm() -> Arc<dyn LlmClient> {
 struct Phase {
     wall: Duration,
     timings: Vec<(Duration, Duration)>,
+    /// The phase's data folder, removed only after its runtime is gone.
+    _dir: tempfile::TempDir,
 }
 
 async fn phase(
@@ -223,9 +225,11 @@ async fn phase(
     }
     let wall = started.elapsed();
     runtime.close();
+    drop(runtime);
     Ok(Phase {
         wall,
         timings: timings.take(),
+        _dir: dir,
     })
 }
 

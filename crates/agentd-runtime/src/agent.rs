@@ -120,11 +120,16 @@ impl LlmAgent {
         LlmAgent { client }
     }
 
-    /// The chat request for `input` (public for tests and for `agentd replay`).
+    /// The chat request for `input` (public for tests).
     pub fn request(input: &AgentInput<'_>) -> ChatRequest {
         let role = input.role;
         let json_out = role.output.format == OutputFormat::Json;
-        let output_format = if json_out {
+        let constrained = json_out && input.model.json;
+        let output_format = if constrained {
+            // The schema constrains the reply; small models do best with a short prompt and
+            // no prose description of the fields (measured with SmolLM2 on llama.cpp).
+            String::from("Reply with JSON only.")
+        } else if json_out {
             output_instructions(role)
         } else {
             String::from("Reply in plain text.")
@@ -147,10 +152,16 @@ impl LlmAgent {
         request.model = input.model.name.clone();
         request.temperature = input.model.temperature;
         request.max_tokens = input.model.max_tokens;
-        if json_out && input.model.json {
+        if constrained {
+            let ids: Vec<String> = input
+                .context
+                .items
+                .iter()
+                .map(|p| p.item.id.to_string()[..8].to_owned())
+                .collect();
             request.response_format = ResponseFormat::JsonSchema {
                 name: format!("{}_output", role.name),
-                schema: output_schema(role),
+                schema: output_schema(role, &ids),
             };
         }
         request
@@ -248,46 +259,62 @@ pub fn output_instructions(role: &RoleSpec) -> String {
     )
 }
 
-/// The JSON Schema a role's replies must match (sent as the response format when the server
-/// supports it, which constrains small local models to valid output).
-pub fn output_schema(role: &RoleSpec) -> Value {
+/// Longest answer the schema allows, in characters (answers are short; bounded strings keep
+/// small models from looping until `max_tokens`).
+pub const ANSWER_MAX_CHARS: u32 = 200;
+/// Longest item the schema allows, in characters.
+pub const ITEM_MAX_CHARS: u32 = 300;
+/// Most items per reply the schema allows.
+pub const MAX_ITEMS: u32 = 4;
+
+/// The JSON Schema a role's replies must match, sent as the response format when the model
+/// settings ask for JSON. Servers with grammar-constrained decoding (llama.cpp, OpenAI) then
+/// produce replies that parse: the answer comes first (so a cut-off reply still has it), strings
+/// and lists are bounded, and citations can only be ids of the items in the context (`ids`;
+/// without any, citations are free strings).
+pub fn output_schema(role: &RoleSpec, ids: &[String]) -> Value {
     let kinds = item_kinds(role);
-    let cites = json!({"type": "array", "items": {"type": "string"}});
+    let cites = if ids.is_empty() {
+        json!({"type": "array", "items": {"type": "string"}, "maxItems": 3})
+    } else {
+        json!({"type": "array", "items": {"type": "string", "enum": ids}, "maxItems": 3})
+    };
     let mut properties = serde_json::Map::new();
     let mut required = Vec::new();
-    if !kinds.is_empty() {
-        properties.insert(
-            "items".into(),
-            json!({
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "properties": {
-                        "kind": {"type": "string", "enum": kinds},
-                        "content": {"type": "string"},
-                        "confidence": {"type": "number"},
-                        "cites": cites,
-                    },
-                    "required": ["kind", "content"]
-                }
-            }),
-        );
-        required.push("items");
-    }
     if writes_answer(role) {
         properties.insert(
             "answer".into(),
             json!({
                 "type": "object",
                 "properties": {
-                    "content": {"type": "string"},
-                    "confidence": {"type": "number"},
+                    "content": {"type": "string", "maxLength": ANSWER_MAX_CHARS},
+                    "confidence": {"type": "number", "minimum": 0, "maximum": 1},
                     "cites": cites,
                 },
                 "required": ["content", "confidence", "cites"]
             }),
         );
         required.push("answer");
+    }
+    if !kinds.is_empty() {
+        properties.insert(
+            "items".into(),
+            json!({
+                "type": "array",
+                "maxItems": MAX_ITEMS,
+                "items": {
+                    "type": "object",
+                    "properties": {
+                        "kind": {"type": "string", "enum": kinds},
+                        "content": {"type": "string", "maxLength": ITEM_MAX_CHARS},
+                        "confidence": {"type": "number", "minimum": 0, "maximum": 1},
+                        "cites": cites,
+                    },
+                    "required": ["kind", "content", "cites"]
+                }
+            }),
+        );
+        required.push("items");
     }
     json!({"type": "object", "properties": properties, "required": required})
 }
