@@ -13,7 +13,8 @@
 //! routed) wait in the buffer for the next synced record, which makes them durable in order.
 //!
 //! Frame: `len: u32 LE | crc32(payload): u32 LE | payload` where the payload is one JSON
-//! object (so `agentd` journals can be inspected with standard tools). On open, a torn or
+//! object, zstd-compressed when it is large (routing manifests): a checkpoint's sync costs
+//! about the bytes it flushes, and manifests shrink several times. On open, a torn or
 //! corrupt tail (a crash mid-append) is cut off; everything before it is intact.
 //!
 //! The trade-off: one file for all runs keeps appends sequential and syncs shared, at the cost
@@ -32,6 +33,10 @@ const FILE_NAME: &str = "journal.log";
 const HEADER: usize = 8;
 /// Largest record accepted on read; a larger length field is corruption.
 const MAX_RECORD: usize = 256 << 20;
+/// Payloads from this size are zstd-compressed.
+const COMPRESS_FROM: usize = 1024;
+/// The zstd frame magic number (a JSON payload starts with `{`).
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// Buffered bytes from which an unsynced append writes the buffer out itself.
 const FLUSH_AT: usize = 1 << 20;
 
@@ -239,15 +244,30 @@ impl Drop for Journal {
 }
 
 fn encode(event: &Event) -> Vec<u8> {
-    let mut frame = vec![0u8; HEADER];
     // Serialising our own types into a Vec cannot fail.
-    serde_json::to_writer(&mut frame, event).expect("events serialise");
-    let payload = &frame[HEADER..];
-    let len = payload.len() as u32;
-    let crc = crc32fast::hash(payload);
-    frame[..4].copy_from_slice(&len.to_le_bytes());
-    frame[4..8].copy_from_slice(&crc.to_le_bytes());
+    let json = serde_json::to_vec(event).expect("events serialise");
+    let payload = if json.len() >= COMPRESS_FROM {
+        match zstd::bulk::compress(&json, 1) {
+            Ok(packed) if packed.len() < json.len() => packed,
+            _ => json,
+        }
+    } else {
+        json
+    };
+    let mut frame = Vec::with_capacity(HEADER + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
     frame
+}
+
+fn decode(payload: &[u8]) -> Result<Event, String> {
+    if payload.starts_with(&ZSTD_MAGIC) {
+        let json = zstd::stream::decode_all(payload).map_err(|e| e.to_string())?;
+        serde_json::from_slice(&json).map_err(|e| e.to_string())
+    } else {
+        serde_json::from_slice(payload).map_err(|e| e.to_string())
+    }
 }
 
 /// Decodes frames until the first torn or corrupt one; returns the events and the length of
@@ -265,7 +285,7 @@ fn decode_all(bytes: &[u8]) -> (Vec<Event>, usize) {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        match serde_json::from_slice::<Event>(payload) {
+        match decode(payload) {
             Ok(event) => events.push(event),
             Err(e) => {
                 tracing::warn!(error = %e, "run journal record does not decode; stopping there");
@@ -315,6 +335,33 @@ mod tests {
         let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
         assert_eq!(events.len(), 4);
         assert_eq!(events[3].run, "d");
+    }
+
+    #[test]
+    fn large_records_are_compressed_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = Event {
+            run: "a".into(),
+            seq: 1,
+            at_ms: 1,
+            kind: EventKind::RunFailed {
+                error: "the same words again and again ".repeat(200),
+            },
+        };
+        let frame = encode(&big);
+        assert!(frame[HEADER..].starts_with(&ZSTD_MAGIC));
+        assert!(frame.len() < 1000, "{}", frame.len());
+        {
+            let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
+            j.append_synced(&big).unwrap();
+            j.append_synced(&event("a", 2)).unwrap();
+        }
+        let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        assert_eq!(events.len(), 2);
+        match &events[0].kind {
+            EventKind::RunFailed { error } => assert_eq!(error.len(), 6200),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
