@@ -55,7 +55,7 @@ impl Agent for Extractor {
                         content: sentence.trim().to_owned(),
                         key: None,
                         confidence: Some(0.9),
-                        cites: vec![packed.item.id.to_string()[..8].to_owned()],
+                        cites: vec![packed.item.id.short()],
                         payload: None,
                     });
                 }
@@ -91,10 +91,7 @@ impl Agent for Reporter {
             },
             key: None,
             confidence: Some(1.0),
-            cites: facts
-                .iter()
-                .map(|p| p.item.id.to_string()[..8].to_owned())
-                .collect(),
+            cites: facts.iter().map(|p| p.item.id.short()).collect(),
             payload: None,
         }]))
     }
@@ -137,7 +134,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let answer = outcome.answer.ok_or("the run wrote no answer")?;
     println!("answer: {}", answer.content);
     for item in &outcome.evidence {
-        println!("  cites [{}] {}", &item.id.to_string()[..8], item.content);
+        println!("  cites [{}] {}", item.id.short(), item.content);
     }
     println!(
         "status: {:?}, nodes run: {}",

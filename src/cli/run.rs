@@ -293,11 +293,7 @@ fn print_outcome(outcome: &RunOutcome) {
             if text.len() < item.content.len() {
                 text.push('…');
             }
-            println!(
-                "  [{}] {title}{}",
-                &item.id.to_string()[..8],
-                text.replace('\n', " ")
-            );
+            println!("  [{}] {title}{}", item.id.short(), text.replace('\n', " "));
         }
     }
     if let Some(error) = &outcome.error {

@@ -36,6 +36,42 @@ impl ItemId {
     pub fn from_bytes(bytes: [u8; 16]) -> Self {
         ItemId(Uuid::from_bytes(bytes))
     }
+
+    /// The 8-hex-character handle that prompts show and agents cite: the id's last 32 bits.
+    /// (A v7 id starts with its timestamp, so items written within a minute share their first
+    /// characters; the last ones are random.)
+    pub fn short(&self) -> String {
+        let b = self.as_bytes();
+        format!("{:02x}{:02x}{:02x}{:02x}", b[12], b[13], b[14], b[15])
+    }
+
+    /// Whether `handle` (a short handle, a full id, or a prefix of one of at least 9
+    /// characters, in any case, with or without brackets) designates this id.
+    pub fn matches_handle(&self, handle: &str) -> bool {
+        let h = handle.trim().trim_matches(|c| c == '[' || c == ']');
+        if h.len() == 8 {
+            return h.eq_ignore_ascii_case(&self.short());
+        }
+        h.len() > 8 && self.to_string().starts_with(&h.to_ascii_lowercase())
+    }
+}
+
+#[cfg(test)]
+mod short_tests {
+    use super::ItemId;
+
+    #[test]
+    fn short_handles_differ_for_ids_made_together_and_match_back() {
+        let a = ItemId::new_v7();
+        let b = ItemId::new_v7();
+        assert_eq!(a.to_string()[..8], b.to_string()[..8]);
+        assert_ne!(a.short(), b.short());
+        assert!(a.matches_handle(&a.short()));
+        assert!(a.matches_handle(&format!("[{}]", a.short().to_uppercase())));
+        assert!(a.matches_handle(&a.to_string()));
+        assert!(!a.matches_handle(&b.short()));
+        assert!(!a.matches_handle("abc"));
+    }
 }
 
 impl fmt::Display for ItemId {

@@ -156,7 +156,7 @@ impl ContextPack {
                 current = Some(&p.item.kind);
             }
             out.push_str("- [");
-            out.push_str(&p.item.id.to_string()[..8]);
+            out.push_str(&p.item.id.short());
             out.push_str("] ");
             if let Some(title) = p.item.title() {
                 out.push_str(title);

@@ -157,7 +157,7 @@ impl LlmAgent {
                 .context
                 .items
                 .iter()
-                .map(|p| p.item.id.to_string()[..8].to_owned())
+                .map(|p| p.item.id.short())
                 .collect();
             request.response_format = ResponseFormat::JsonSchema {
                 name: format!("{}_output", role.name),

@@ -181,6 +181,26 @@ impl Inner {
         }
         self.llm_agent.clone().ok_or_else(|| no_llm(role))
     }
+
+    /// Checks that every node of `workflow` has someone to play its role: a Rust agent, or
+    /// the LLM with the role's prompt.
+    pub(crate) fn check_playable(&self, workflow: &Workflow) -> Result<(), RuntimeError> {
+        for node in &workflow.nodes {
+            let role = workflow.role_of(node);
+            if self.agents.contains_key(&role.name) {
+                continue;
+            }
+            self.agent_for(&role.name)?;
+            if role.prompt.system.trim().is_empty() {
+                return Err(RuntimeError::Config(format!(
+                    "role `{}` (node `{}`) has no [prompt], so no LLM can play it: add a \
+                     prompt to the role, or register a Rust agent for it",
+                    role.name, node.name
+                )));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn no_llm(role: &str) -> RuntimeError {
@@ -378,10 +398,7 @@ impl Runtime {
     /// Starts a run; it goes on in the background.
     pub async fn start(&self, request: RunRequest) -> Result<RunHandle, RuntimeError> {
         let workflow = request.workflow;
-        for node in &workflow.nodes {
-            let role = &workflow.role_of(node).name;
-            self.inner.agent_for(role)?;
-        }
+        self.inner.check_playable(&workflow)?;
         let id = request.run_id.unwrap_or_else(new_run_id);
         if self.inner.runs.lock().contains_key(&id) {
             return Err(RuntimeError::Config(format!("a run with id `{id}` exists")));
@@ -473,9 +490,7 @@ impl Runtime {
             .ok_or_else(|| RuntimeError::Internal(format!("run `{id}` has no start record")))?;
         let workflow: Workflow = serde_json::from_value(record.workflow_spec.clone())
             .map_err(|e| RuntimeError::Internal(format!("run `{id}`'s workflow: {e}")))?;
-        for node in &workflow.nodes {
-            self.inner.agent_for(&workflow.role_of(node).name)?;
-        }
+        self.inner.check_playable(&workflow)?;
         let budget = record.run_budget.map(|b| {
             let budget = RunBudget::new(b);
             budget.charge(state.usage.total.context_tokens);

@@ -2,7 +2,7 @@
 //!
 //! - Kinds are checked against the role's `writes`; anything else is written as the role's text
 //!   kind (tagged `coerced:<kind>`), so a confused agent cannot pose as another role.
-//! - Citations (8-hex id prefixes from the rendered context) are resolved against the items the
+//! - Citations (the 8-hex handles of the rendered context, see `ItemId::short`) are resolved against the items the
 //!   agent actually saw; the full ids go into the payload (`cites`), unknown ones into
 //!   `unresolved_cites`.
 //! - Keys are scoped by role (`<role>/<key>`), so a newer item with the same key supersedes the
@@ -176,20 +176,15 @@ fn new_item(
     item
 }
 
-/// Resolves cited id prefixes against the items of the context.
+/// Resolves cited handles against the items of the context.
 fn resolve_cites(context: &ContextPack, cites: &[String]) -> (Vec<ItemId>, Vec<String>) {
     let mut found = Vec::new();
     let mut unresolved = Vec::new();
     for cite in cites {
-        let prefix = cite.trim().trim_matches(|c| c == '[' || c == ']');
-        if prefix.len() < 4 {
-            unresolved.push(cite.clone());
-            continue;
-        }
-        let hit = context.items.iter().find(|p| {
-            let id = p.item.id.to_string();
-            id.starts_with(prefix) || id.replace('-', "").starts_with(prefix)
-        });
+        let hit = context
+            .items
+            .iter()
+            .find(|p| p.item.id.matches_handle(cite));
         match hit {
             Some(p) if !found.contains(&p.item.id) => found.push(p.item.id),
             Some(_) => {}

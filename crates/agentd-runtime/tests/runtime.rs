@@ -374,6 +374,27 @@ async fn without_an_llm_or_agent_a_run_is_refused_with_a_hint() {
     assert!(err.contains("--llm-url"), "{err}");
 }
 
+#[tokio::test]
+async fn a_role_without_a_prompt_needs_a_rust_agent() {
+    let text = WORKFLOW.replace(
+        "prompt = { system = \"ANSWERER\", template = \"{{task}}\\n{{context}}\\n{{output_format}}\" }\n",
+        "",
+    );
+    assert_ne!(text, WORKFLOW);
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .store(store(dir.path()))
+        .llm(llm(0.9) as Arc<dyn LlmClient>)
+        .build()
+        .unwrap();
+    let err = match runtime.start(RunRequest::new(workflow(&text), "q")).await {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("an LLM was asked to play a role without a prompt"),
+    };
+    assert!(err.contains("no [prompt]"), "{err}");
+}
+
 /// Counts invocations per (node, round); hangs at one (node, round) the first time.
 struct Counting {
     seen: Arc<Mutex<HashMap<(String, u32), usize>>>,

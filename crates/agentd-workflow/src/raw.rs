@@ -53,9 +53,9 @@ pub(crate) struct RoleFile {
     /// Model settings that override the workflow's `[model]` for this role.
     #[serde(default)]
     pub model: RoleModelSection,
-    /// The prompt.
-    #[schemars(with = "PromptSection")]
-    pub prompt: Spanned<PromptSection>,
+    /// The prompt (required for roles an LLM plays; a role played by a Rust agent may omit it).
+    #[schemars(with = "Option<PromptSection>")]
+    pub prompt: Option<Spanned<PromptSection>>,
     /// How the reply becomes memory items.
     #[serde(default)]
     pub output: OutputSection,

@@ -212,25 +212,31 @@ pub(crate) fn build_role(
             .map(|m| ck.at_least_one(m, "max_tokens")),
         json: raw.model.json,
     };
-    let prompt = raw.prompt.get_ref();
-    let system = ck.non_empty(&prompt.system, "system prompt");
-    ck.template(
-        &prompt.system,
-        "the system prompt",
-        PROMPT_PLACEHOLDERS,
-        None,
-    );
-    let template = match &prompt.template {
-        Some(t) => {
+    let (system, template) = match &raw.prompt {
+        None => (String::new(), DEFAULT_TEMPLATE.to_owned()),
+        Some(prompt) => {
+            let prompt = prompt.get_ref();
+            let system = ck.non_empty(&prompt.system, "system prompt");
             ck.template(
-                t,
-                "the prompt template",
+                &prompt.system,
+                "the system prompt",
                 PROMPT_PLACEHOLDERS,
-                Some("context"),
+                None,
             );
-            t.get_ref().clone()
+            let template = match &prompt.template {
+                Some(t) => {
+                    ck.template(
+                        t,
+                        "the prompt template",
+                        PROMPT_PLACEHOLDERS,
+                        Some("context"),
+                    );
+                    t.get_ref().clone()
+                }
+                None => DEFAULT_TEMPLATE.to_owned(),
+            };
+            (system, template)
         }
-        None => DEFAULT_TEMPLATE.to_owned(),
     };
     let format = raw.output.format.as_ref().map_or(OutputFormat::Json, |f| {
         ck.choice(

@@ -64,7 +64,7 @@ fn the_role_schema_names_every_key() {
     );
     let mut required: Vec<String> = serde_json::from_value(schema["required"].clone()).unwrap();
     required.sort();
-    assert_eq!(required, ["description", "prompt", "writes"]);
+    assert_eq!(required, ["description", "writes"]);
     let text = schema.to_string();
     for key in [
         "system",
