@@ -34,9 +34,8 @@ pub struct RuntimeArgs {
     /// Runs in flight in the concurrent phases.
     #[arg(long, default_value_t = 100)]
     pub concurrency: usize,
-    /// Memory writes reach the OS only (default: fsynced, the store's default). With buffered
-    /// writes the store's data is still in flight when a checkpoint syncs, and the device flush
-    /// of the checkpoint pays for it.
+    /// Memory writes use the store's background durability (sled flushes them within a
+    /// second; a crash can lose them). Default: fsynced, the store's default.
     #[arg(long)]
     pub store_buffered: bool,
     /// Print one JSON object instead of a table.

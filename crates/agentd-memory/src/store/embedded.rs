@@ -3,22 +3,28 @@
 //! Layout of a store directory:
 //! - `STORE`: a marker with the format name and on-disk schema version (written first);
 //! - `items/`: sled, the source of truth: items, their embeddings, store metadata;
-//! - `text/`: tantivy, the BM25 index, derived from sled and caught up on open;
+//! - `text/`: tantivy, the BM25 index, derived from sled, written without fsyncs and caught up
+//!   (or rebuilt) on open (see `text.rs` and `textdir.rs`);
 //! - `graphs/`: HNSW graphs of large namespaces, saved on a clean close and reused on open
 //!   when they still match (derived; deleting them only costs a rebuild).
 //!
 //! Keys in sled: `i<id>` item record, `v<id>` embedding (f32 little-endian), `m<name>` metadata,
 //! `d<namespace>` a namespace deletion not yet applied to the text index.
 //!
-//! A write goes, under the writer lock: validate; assign ids, sequence numbers and versions;
-//! queue the text-index documents (tantivy's indexing thread starts on them); count tokens and
-//! embed (in parallel, while tantivy indexes); then write sled (one atomic batch and an fsync)
-//! and commit the text index side by side; then publish to the in-memory catalog and vectors,
-//! and acknowledge. If the sled write fails nothing is stored; if the index commit fails the
-//! items are taken back out of sled. Either way the batch's sequence numbers are never reused,
-//! so index documents of a failed write are orphans the catalog never admits. After a crash,
-//! items newer than the text index's commit watermark are re-indexed on open (replacing any
-//! document with the same sequence number), so nothing acknowledged is lost or duplicated.
+//! A write goes, under the writer lock: validate; assign ids, sequence numbers and versions
+//! (the numbers are spent from here on, whatever happens); queue the text-index documents
+//! (tantivy's indexing thread starts on them); count tokens and embed; then write sled (one
+//! atomic batch, and an fsync under [`Durability::Fsync`]); then make the documents searchable;
+//! then publish to the in-memory catalog and vectors, and acknowledge. Making the documents
+//! searchable is cheap for a small batch: they join the text index's in-memory tail, which
+//! BM25 searches score exactly like committed documents. A large batch, or one that fills the
+//! tail, commits the text index instead, side by side with the sled write. If the sled write
+//! fails nothing is stored; if an index commit fails the items are taken back out of sled.
+//! Either way the batch's sequence numbers are never reused, so index documents of a failed
+//! write are orphans the catalog never admits. After a crash, items newer than the text index's
+//! commit watermark (the tail's, at least) are re-indexed on open (replacing any document with
+//! the same sequence number), so nothing acknowledged is lost or duplicated; an index that may
+//! have lost writes to a machine crash, or that tantivy cannot open, is rebuilt from sled.
 //! Embeddings of a batch are stored as one sled value (see [`encode_blob`]).
 
 use std::collections::HashMap;
@@ -31,10 +37,10 @@ use std::time::Duration;
 use parking_lot::{Condvar, Mutex, RwLock};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
-use tantivy::IndexWriter;
 
 use super::catalog::{Catalog, CompiledFilter, Sym};
-use super::text::{Pushdown, TextIndex};
+use super::phases::Phases;
+use super::text::{Pushdown, TextIndex, TextWriter};
 use super::vectors::VectorIndex;
 use super::{MemoryStore, NamespaceStats, Page, SearchHit, SearchMode, SearchQuery};
 use crate::embed::Embedder;
@@ -65,8 +71,11 @@ const GRAPH_TAIL_CAP: usize = 200_000;
 const GRAPH_CHUNK: usize = 64;
 /// Rows per step when the backlog is large: big enough for the graph's quantised bulk build.
 const GRAPH_BULK_CHUNK: usize = 25_000;
-/// Batches at least this large write sled and commit the text index on two threads.
+/// Batches at least this large commit the text index (smaller ones join its tail), writing sled
+/// and committing on two threads.
 const PARALLEL_COMMIT_MIN: usize = 64;
+/// Batches at least this large count tokens on several threads.
+const PARALLEL_TOKENS_MIN: usize = 16;
 /// Reciprocal rank fusion constant.
 const RRF_K: f32 = 60.0;
 
@@ -77,8 +86,11 @@ pub enum Durability {
     /// After an fsync of the batch (the default): an acknowledged item survives power loss.
     #[default]
     Fsync,
-    /// After the write reaches the OS; sled flushes every `flush_every_ms` in the background. An
-    /// acknowledged item survives a process crash but maybe not a machine crash.
+    /// Without waiting for a flush: sled buffers the write in the process and writes and fsyncs
+    /// its buffers every `flush_every_ms` in the background. An acknowledged item is visible at
+    /// once, but a crash of the process (not only of the machine) before the next flush loses
+    /// it, with the other writes of the last `flush_every_ms` (sled 0.34 has no write-through
+    /// without fsync). What survives is still consistent: whole batches, no duplicates.
     Background {
         /// Background flush interval.
         flush_every_ms: u64,
@@ -141,7 +153,7 @@ struct State {
 
 /// What only the (single) writer touches.
 struct Writer {
-    index: IndexWriter,
+    index: TextWriter,
     next_seq: u64,
 }
 
@@ -278,7 +290,7 @@ impl EmbeddedStore {
         let db = open_sled(&path, &options)?;
         check_meta(&path, &db, &options, created)?;
 
-        let (text, mut index_writer) = TextIndex::open(&path.join("text"))?;
+        let (text, mut index_writer, fresh) = TextIndex::open(&path.join("text"))?;
         let dim = options.embedder.dimension();
         let mut state = State {
             catalog: Catalog::default(),
@@ -310,7 +322,8 @@ impl EmbeddedStore {
                             path: path.clone(),
                             reason: format!("item {} is in the catalog but not in sled", entry.id),
                         })?;
-                    text.add(&index_writer, &item, true)?;
+                    // A fresh index holds no document to replace.
+                    text.add(&index_writer, &item, !fresh)?;
                     behind += 1;
                 }
             }
@@ -431,6 +444,26 @@ impl EmbeddedStore {
     fn wake_builder(&self) {
         *self.shared.wake.lock() = true;
         self.shared.wake_cv.notify_one();
+    }
+
+    /// After a failure of the text index writer: rolls it back to its last commit and queues
+    /// the tail's documents again (they are acknowledged, in sled and searchable through the
+    /// tail, and must reach the next commit). Failures are logged: the items stay safe in sled
+    /// and the catch-up on the next open indexes them.
+    fn reset_text_writer(&self, writer: &mut Writer) {
+        let mut requeue = || -> Result<usize> {
+            writer.index.rollback()?;
+            let ids = self.text.tail_ids();
+            for id in &ids {
+                if let Some(item) = read_item(&self.path, &self.db, id)? {
+                    self.text.add(&writer.index, &item, false)?;
+                }
+            }
+            Ok(ids.len())
+        };
+        if let Err(e) = requeue() {
+            tracing::error!(path = %self.path.display(), error = %e, "could not reset the text index writer; unindexed items will be indexed on the next open");
+        }
     }
 
     fn read(&self, id: &ItemId) -> Result<Option<MemoryItem>> {
@@ -601,7 +634,9 @@ impl MemoryStore for EmbeddedStore {
                 other => other,
             })?;
         }
+        let mut phases = Phases::start();
         let mut writer = self.writer.lock();
+        phases.lap("lock");
         // Assign ids, sequence numbers and versions.
         let now = Timestamp::now();
         let versions: Vec<u32> = {
@@ -653,39 +688,50 @@ impl MemoryStore for EmbeddedStore {
             })
             .collect();
         let next_seq = writer.next_seq + stored.len() as u64;
+        // Sequence numbers are spent whatever happens: never reuse one, so documents of a failed
+        // write that did reach the text index can never be mistaken for a later item.
+        writer.next_seq = next_seq;
+        // Large batches, and the batch that fills the text index's tail, commit the text index;
+        // the others only queue their documents and join the tail (see `text.rs`).
+        let commit = stored.len() >= PARALLEL_COMMIT_MIN || self.text.tail_full_after(stored.len());
+        phases.lap("assign");
 
         // 1. Queue the text index documents: tantivy's indexing thread works on them while this
         //    thread counts tokens and embeds. Sequence numbers are fresh (never indexed, never
-        //    reused), so no delete is needed.
-        let prepared = stored
+        //    reused), so no delete is needed. If anything fails from here on, queued documents
+        //    are orphans the catalog never admits (the writer is not rolled back: it also holds
+        //    the tail's documents).
+        if let Err(e) = stored
             .iter()
             .try_for_each(|item| self.text.add(&writer.index, item, false))
-            .and_then(|()| {
-                let counter = &self.token_counter;
-                let tokens: Vec<u32> = stored
-                    .par_iter()
-                    .map(|i| counter.count(&i.content))
-                    .collect();
-                for (item, t) in stored.iter_mut().zip(tokens) {
-                    item.tokens = t;
-                }
-                embed_parallel(self.embedder.as_ref(), &stored)
-            });
-        let vectors = match prepared {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = writer.index.rollback();
-                return Err(e);
-            }
+        {
+            self.reset_text_writer(&mut writer);
+            return Err(e);
+        }
+        phases.lap("text_add");
+        let counter = &self.token_counter;
+        // Threads pay off only for a batch of some size (a count costs tens of microseconds).
+        let tokens: Vec<u32> = if stored.len() < PARALLEL_TOKENS_MIN {
+            stored.iter().map(|i| counter.count(&i.content)).collect()
+        } else {
+            stored
+                .par_iter()
+                .map(|i| counter.count(&i.content))
+                .collect()
         };
+        for (item, t) in stored.iter_mut().zip(tokens) {
+            item.tokens = t;
+        }
+        phases.lap("tokens");
+        let vectors = embed_parallel(self.embedder.as_ref(), &stored)?;
+        phases.lap("embed");
 
-        // 2. sled (one atomic batch, then fsync) and 3. the text index commit (which waits for
-        //    tantivy's indexing thread), side by side for large batches. Sequence numbers are
-        //    spent whatever happens: never reuse one, so documents of a failed write that did
-        //    reach the text index can never be mistaken for a later item.
-        writer.next_seq = next_seq;
+        // 2. sled (one atomic batch, then fsync under `Durability::Fsync`), and 3. when
+        //    committing, the text index commit (which waits for tantivy's indexing thread), side
+        //    by side for large batches.
         let dim = self.embedder.dimension();
         let write_sled = || -> std::result::Result<(), sled::Error> {
+            let mut phases = Phases::start();
             let mut batch = sled::Batch::default();
             for item in &stored {
                 batch.insert(&item_key(&item.id)[..], encode_item(item));
@@ -695,59 +741,75 @@ impl MemoryStore for EmbeddedStore {
                 encode_blob(&stored, &vectors, dim),
             );
             batch.insert(meta_key("next_seq"), &next_seq.to_be_bytes()[..]);
+            phases.lap("sled_encode");
             self.db.apply_batch(batch)?;
+            phases.lap("sled_apply");
             if self.durability == Durability::Fsync {
                 self.db.flush()?;
+                phases.lap("sled_flush");
             }
             Ok(())
         };
-        let index = &mut writer.index;
-        let (stored_ok, indexed) = if stored.len() >= PARALLEL_COMMIT_MIN {
-            std::thread::scope(|scope| {
-                let sled_side = scope.spawn(write_sled);
-                let indexed = self.text.commit(index, next_seq - 1);
-                let stored_ok = sled_side.join().unwrap_or_else(|_| {
-                    Err(sled::Error::ReportableBug(
-                        "the item store writer thread panicked".into(),
-                    ))
-                });
-                (stored_ok, indexed)
-            })
+        if !commit {
+            // The tail path: analyse for the tail while nothing is locked but the writer.
+            let analysed: Vec<_> = stored.iter().map(|i| self.text.analyse(i)).collect();
+            phases.lap("analyse");
+            write_sled()?;
+            phases.reset();
+            self.text.append_tail(analysed);
+            phases.lap("tail");
         } else {
-            match write_sled() {
-                Ok(()) => (Ok(()), self.text.commit(index, next_seq - 1)),
-                Err(e) => (Err(e), Ok(())),
-            }
-        };
-        match (stored_ok, indexed) {
-            (Ok(()), Ok(())) => {}
-            (Err(e), _) => {
-                // Nothing acknowledged; index documents that got committed are orphans the
-                // catalog never admits.
-                let _ = writer.index.rollback();
-                return Err(e.into());
-            }
-            (Ok(()), Err(e)) => {
-                // Take the items back out of sled so a failed write stores nothing; a crash
-                // before this leaves them in sled, and the catch-up on open indexes them.
-                let _ = writer.index.rollback();
-                let mut undo = sled::Batch::default();
-                for item in &stored {
-                    undo.remove(&item_key(&item.id)[..]);
+            let index = &mut writer.index;
+            let (stored_ok, indexed) = if stored.len() >= PARALLEL_COMMIT_MIN {
+                std::thread::scope(|scope| {
+                    let sled_side = scope.spawn(write_sled);
+                    let indexed = self.text.commit(index, next_seq - 1);
+                    let stored_ok = sled_side.join().unwrap_or_else(|_| {
+                        Err(sled::Error::ReportableBug(
+                            "the item store writer thread panicked".into(),
+                        ))
+                    });
+                    (stored_ok, indexed)
+                })
+            } else {
+                match write_sled() {
+                    Ok(()) => (Ok(()), self.text.commit(index, next_seq - 1)),
+                    Err(e) => (Err(e), Ok(())),
                 }
-                undo.remove(&blob_key(first_seq)[..]);
-                if let Err(undo_err) = self
-                    .db
-                    .apply_batch(undo)
-                    .and_then(|()| self.db.flush().map(drop))
-                {
-                    tracing::error!(error = %undo_err, "could not undo a write whose indexing failed; it will be indexed on the next open");
+            };
+            match (stored_ok, indexed) {
+                (Ok(()), Ok(())) => {}
+                (Err(e), indexed) => {
+                    // Nothing acknowledged; index documents that got committed are orphans the
+                    // catalog never admits.
+                    if indexed.is_err() {
+                        self.reset_text_writer(&mut writer);
+                    }
+                    return Err(e.into());
                 }
-                return Err(e);
+                (Ok(()), Err(e)) => {
+                    // Take the items back out of sled so a failed write stores nothing; a crash
+                    // before this leaves them in sled, and the catch-up on open indexes them.
+                    let mut undo = sled::Batch::default();
+                    for item in &stored {
+                        undo.remove(&item_key(&item.id)[..]);
+                    }
+                    undo.remove(&blob_key(first_seq)[..]);
+                    if let Err(undo_err) = self
+                        .db
+                        .apply_batch(undo)
+                        .and_then(|()| self.db.flush().map(drop))
+                    {
+                        tracing::error!(error = %undo_err, "could not undo a write whose indexing failed; it will be indexed on the next open");
+                    }
+                    self.reset_text_writer(&mut writer);
+                    return Err(e);
+                }
             }
         }
 
         // 4. Publish.
+        phases.reset();
         let mut grew_large = false;
         {
             let mut state = self.shared.state.write();
@@ -777,6 +839,7 @@ impl MemoryStore for EmbeddedStore {
         if grew_large {
             self.wake_builder();
         }
+        phases.lap("publish");
         Ok(stored)
     }
 
@@ -993,6 +1056,15 @@ impl MemoryStore for EmbeddedStore {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
+        // Commit the text index's tail, so the next open has nothing to catch up.
+        {
+            let writer = self.writer.get_mut();
+            if self.text.has_tail()
+                && let Err(e) = self.text.commit(&mut writer.index, writer.next_seq - 1)
+            {
+                tracing::warn!(path = %self.path.display(), error = %e, "committing the text index on close (it will catch up on the next open)");
+            }
+        }
         self.shared.shutdown.store(true, Ordering::Release);
         self.wake_builder();
         if let Some(handle) = self.builder.take() {

@@ -10,8 +10,12 @@
 
 mod catalog;
 mod embedded;
+mod phases;
 mod text;
+mod textdir;
 mod vectors;
+#[cfg(test)]
+mod write_latency;
 
 use std::sync::Arc;
 

@@ -1,36 +1,60 @@
-//! The BM25 index: a tantivy index derived from the item store.
+//! The BM25 index: a tantivy index derived from the item store, plus an in-memory tail.
 //!
 //! Every document holds an item's sequence number (the join key with the catalog), namespace,
 //! kind, and analysed content (English stemming). Documents are immutable; whether an item is
 //! still live and current is decided by the catalog at query time, so superseding an item never
 //! touches this index. Each commit records the highest sequence number it contains as its commit
 //! payload: that watermark is how [`super::EmbeddedStore::open`] finds items to catch up after a
-//! crash between the sled write and the index commit.
+//! crash (everything acknowledged above it is in sled but maybe not in the index).
+//!
+//! A tantivy commit costs milliseconds whatever its size (it finishes a segment: a thread
+//! hand-off, a few megabytes of hash table to allocate and walk, a handful of new files, a
+//! reader reload), so small writes are not committed one by one. Their documents go to the
+//! index writer (uncommitted) and to the [`Tail`], an in-memory inverted list of the documents
+//! added since the last commit. A search scores the committed segments and the tail with the
+//! same BM25 statistics (committed plus tail: document count, token count, document
+//! frequencies, through [`Bm25StatisticsProvider`]) and the same [`Bm25Weight`] and quantised
+//! field norms tantivy uses, so a document scores the same before and after the commit that
+//! moves it out of the tail (up to the order of a float sum). The tail is committed when it
+//! grows past [`TAIL_MAX_DOCS`] documents or [`TAIL_MAX_TOKENS`] tokens, by every large
+//! batch, by a namespace deletion, and on close; a commit replaces the searcher and empties the
+//! tail in one step, so a search sees every document exactly once.
 //!
 //! Queries are built from analysed terms, never parsed, so any user text is a valid query.
 
-use std::collections::BinaryHeap;
-use std::path::Path;
+use std::collections::{BinaryHeap, HashMap};
+use std::ops::{Deref, DerefMut};
+use std::path::{Path, PathBuf};
 
+use parking_lot::RwLock;
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::Column;
-use tantivy::query::{BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery, Weight};
+use tantivy::fieldnorm::FieldNormReader;
+use tantivy::query::{
+    Bm25StatisticsProvider, Bm25Weight, BooleanQuery, ConstScoreQuery, Occur, Query, TermQuery,
+    Weight,
+};
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STRING, Schema, TextFieldIndexing, TextOptions,
 };
 use tantivy::tokenizer::TextAnalyzer;
 use tantivy::{
-    DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, SegmentReader, TantivyDocument,
-    Term,
+    DocId, Index, IndexReader, IndexWriter, ReloadPolicy, Score, Searcher, SegmentReader,
+    TantivyDocument, Term,
 };
 
+use super::textdir::{self, UnsyncedDirectory};
 use crate::error::{MemoryError, Result};
-use crate::item::MemoryItem;
+use crate::item::{ItemId, MemoryItem};
 
 const TOKENIZER: &str = "en_stem";
 /// Query terms beyond this many are ignored (long task texts stay fast to search).
 const MAX_QUERY_TERMS: usize = 48;
 const WRITER_HEAP_BYTES: usize = 96 * 1024 * 1024;
+/// The tail is committed once it holds this many documents...
+pub(crate) const TAIL_MAX_DOCS: usize = 1024;
+/// ...or this many tokens.
+pub(crate) const TAIL_MAX_TOKENS: u64 = 1 << 20;
 
 /// Field handles of the index schema.
 #[derive(Clone, Copy)]
@@ -64,10 +88,99 @@ fn schema() -> (Schema, Fields) {
     )
 }
 
+/// The texts of an item that are indexed (as values of the `content` field).
+fn indexed_texts(item: &MemoryItem) -> impl Iterator<Item = &str> {
+    std::iter::once(item.content.as_str())
+        .chain(item.title())
+        .chain(item.tags.iter().map(String::as_str))
+}
+
 /// Restrictions pushed down into the tantivy query (the catalog re-checks every hit anyway).
 pub(crate) struct Pushdown<'a> {
     pub namespaces: &'a [&'a str],
     pub kinds: &'a [&'a str],
+}
+
+/// One document of the tail.
+struct TailDoc {
+    seq: u64,
+    id: ItemId,
+    namespace: Box<str>,
+    kind: Box<str>,
+    /// Quantised token count of the content field, as tantivy stores it.
+    fieldnorm_id: u8,
+}
+
+/// A tail document analysed outside the lock.
+pub(crate) struct Analysed {
+    doc: TailDoc,
+    /// Term text and frequency.
+    terms: Vec<(Box<str>, u32)>,
+    tokens: u64,
+}
+
+/// Documents added to the index writer since the last commit, searchable in memory.
+#[derive(Default)]
+struct Tail {
+    docs: Vec<TailDoc>,
+    /// Term text → (document index, term frequency).
+    postings: HashMap<Box<str>, Vec<(u32, u32)>>,
+    /// Tokens of the content field over all documents.
+    tokens: u64,
+}
+
+impl Tail {
+    fn push(&mut self, analysed: Analysed) {
+        let index = self.docs.len() as u32;
+        for (term, tf) in analysed.terms {
+            self.postings.entry(term).or_default().push((index, tf));
+        }
+        self.tokens += analysed.tokens;
+        self.docs.push(analysed.doc);
+    }
+}
+
+/// What a search reads: the committed segments and the tail, swapped together by a commit.
+struct Published {
+    searcher: Searcher,
+    tail: Tail,
+}
+
+/// BM25 statistics over the committed segments and the tail together.
+struct Stats<'a> {
+    published: &'a Published,
+    content: Field,
+}
+
+impl Bm25StatisticsProvider for Stats<'_> {
+    fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
+        let tail = if field == self.content {
+            self.published.tail.tokens
+        } else {
+            0
+        };
+        Ok(self.published.searcher.total_num_tokens(field)? + tail)
+    }
+
+    fn total_num_docs(&self) -> tantivy::Result<u64> {
+        Ok(
+            Bm25StatisticsProvider::total_num_docs(&self.published.searcher)?
+                + self.published.tail.docs.len() as u64,
+        )
+    }
+
+    fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
+        let tail = match term.value().as_str() {
+            Some(text) if term.field() == self.content => self
+                .published
+                .tail
+                .postings
+                .get(text)
+                .map_or(0, |p| p.len() as u64),
+            _ => 0,
+        };
+        Ok(self.published.searcher.doc_freq(term)? + tail)
+    }
 }
 
 /// The tantivy side of the store.
@@ -76,41 +189,86 @@ pub(crate) struct TextIndex {
     reader: IndexReader,
     fields: Fields,
     analyzer: TextAnalyzer,
+    published: RwLock<Published>,
 }
 
 impl TextIndex {
-    /// Opens (or creates) the index in `dir`, returning it with its writer.
-    pub fn open(dir: &Path) -> Result<(Self, IndexWriter)> {
+    /// Opens (or creates) the index in `dir`, returning it with its writer and whether it is
+    /// new (created, or rebuilt because it could not be trusted: then the caller re-indexes
+    /// every item). An index that may have lost unsynced writes to a machine crash, or that
+    /// tantivy cannot open, is deleted and started afresh (see [`super::textdir`]).
+    pub fn open(dir: &Path) -> Result<(Self, TextWriter, bool)> {
         std::fs::create_dir_all(dir)
             .map_err(|e| MemoryError::io(format!("creating {}", dir.display()), e))?;
-        let (schema, fields) = schema();
-        let mmap =
-            tantivy::directory::MmapDirectory::open(dir).map_err(|e| MemoryError::Corrupt {
-                path: dir.to_owned(),
-                reason: e.to_string(),
-            })?;
-        let index = Index::open_or_create(mmap, schema).map_err(|e| MemoryError::Corrupt {
+        let mut fresh = false;
+        if let Err(reason) = textdir::check(dir) {
+            tracing::warn!(path = %dir.display(), %reason, "the text index may be damaged; rebuilding it from the item store");
+            wipe(dir)?;
+            fresh = true;
+        }
+        fresh |= !dir.join("meta.json").exists();
+        let (text, writer) = match Self::try_open(dir) {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::warn!(path = %dir.display(), error = %e, "the text index is unreadable; rebuilding it from the item store");
+                wipe(dir)?;
+                fresh = true;
+                Self::try_open(dir)?
+            }
+        };
+        // From here on the index is written without syncs.
+        textdir::mark(dir)?;
+        Ok((
+            text,
+            TextWriter {
+                writer: Some(writer),
+                dir: dir.to_owned(),
+            },
+            fresh,
+        ))
+    }
+
+    fn try_open(dir: &Path) -> Result<(Self, IndexWriter)> {
+        let corrupt = |e: String| MemoryError::Corrupt {
             path: dir.to_owned(),
             reason: format!("text index: {e}"),
-        })?;
-        let writer = index.writer_with_num_threads(1, WRITER_HEAP_BYTES)?;
-        let reader = index
-            .reader_builder()
-            .reload_policy(ReloadPolicy::Manual)
-            .try_into()?;
-        let analyzer = index
-            .tokenizers()
-            .get(TOKENIZER)
-            .expect("en_stem is a built-in tokenizer");
-        Ok((
-            TextIndex {
-                index,
-                reader,
-                fields,
-                analyzer,
-            },
-            writer,
-        ))
+        };
+        // tantivy may panic rather than fail on some damaged files.
+        std::panic::catch_unwind(|| -> Result<(Self, IndexWriter)> {
+            let (schema, fields) = schema();
+            let directory = UnsyncedDirectory::open(dir)?;
+            let index =
+                Index::open_or_create(directory, schema).map_err(|e| corrupt(e.to_string()))?;
+            // Opening the reader opens every segment; reading the metas checks the payload.
+            let reader: IndexReader = index
+                .reader_builder()
+                .reload_policy(ReloadPolicy::Manual)
+                .try_into()
+                .map_err(|e: tantivy::TantivyError| corrupt(e.to_string()))?;
+            index.load_metas().map_err(|e| corrupt(e.to_string()))?;
+            let writer = index
+                .writer_with_num_threads(1, WRITER_HEAP_BYTES)
+                .map_err(|e| corrupt(e.to_string()))?;
+            let analyzer = index
+                .tokenizers()
+                .get(TOKENIZER)
+                .expect("en_stem is a built-in tokenizer");
+            let published = RwLock::new(Published {
+                searcher: reader.searcher(),
+                tail: Tail::default(),
+            });
+            Ok((
+                TextIndex {
+                    index,
+                    reader,
+                    fields,
+                    analyzer,
+                    published,
+                },
+                writer,
+            ))
+        })
+        .unwrap_or_else(|_| Err(corrupt("opening it panicked".into())))
     }
 
     /// The highest sequence number the last commit contains (0 for a new index).
@@ -124,9 +282,10 @@ impl TextIndex {
             .unwrap_or(0))
     }
 
-    /// Queues an item's document. With `replace`, first deletes any document with the same
-    /// sequence number (needed when re-indexing during catch-up, where the document may already
-    /// be there; fresh writes have fresh sequence numbers and skip the cost).
+    /// Queues an item's document in the index writer (searchable after the next commit). With
+    /// `replace`, first deletes any document with the same sequence number (needed when
+    /// re-indexing during catch-up, where the document may already be there; fresh writes have
+    /// fresh sequence numbers and skip the cost).
     pub fn add(&self, writer: &IndexWriter, item: &MemoryItem, replace: bool) -> Result<()> {
         let f = self.fields;
         if replace {
@@ -136,15 +295,73 @@ impl TextIndex {
         doc.add_u64(f.seq, item.seq);
         doc.add_text(f.namespace, &item.namespace);
         doc.add_text(f.kind, item.kind.as_str());
-        doc.add_text(f.content, &item.content);
-        if let Some(title) = item.title() {
-            doc.add_text(f.content, title);
-        }
-        for tag in &item.tags {
-            doc.add_text(f.content, tag);
+        for text in indexed_texts(item) {
+            doc.add_text(f.content, text);
         }
         writer.add_document(doc)?;
         Ok(())
+    }
+
+    /// Analyses an item the way tantivy indexes it, for the tail.
+    pub fn analyse(&self, item: &MemoryItem) -> Analysed {
+        let mut analyzer = self.analyzer.clone();
+        let mut tf: HashMap<Box<str>, u32> = HashMap::new();
+        let mut tokens = 0u64;
+        for text in indexed_texts(item) {
+            let mut stream = analyzer.token_stream(text);
+            while stream.advance() {
+                let token = stream.token().text.as_str();
+                match tf.get_mut(token) {
+                    Some(n) => *n += 1,
+                    None => {
+                        tf.insert(token.into(), 1);
+                    }
+                }
+                tokens += 1;
+            }
+        }
+        Analysed {
+            doc: TailDoc {
+                seq: item.seq,
+                id: item.id,
+                namespace: item.namespace.as_str().into(),
+                kind: item.kind.as_str().into(),
+                fieldnorm_id: FieldNormReader::fieldnorm_to_id(tokens as u32),
+            },
+            terms: tf.into_iter().collect(),
+            tokens,
+        }
+    }
+
+    /// Makes documents already queued with [`TextIndex::add`] searchable before the next
+    /// commit.
+    pub fn append_tail(&self, analysed: Vec<Analysed>) {
+        let mut published = self.published.write();
+        for a in analysed {
+            published.tail.push(a);
+        }
+    }
+
+    /// Whether the tail, grown by `docs` more documents, should be committed.
+    pub fn tail_full_after(&self, docs: usize) -> bool {
+        let published = self.published.read();
+        published.tail.docs.len() + docs > TAIL_MAX_DOCS || published.tail.tokens > TAIL_MAX_TOKENS
+    }
+
+    /// Whether documents wait in the tail for a commit.
+    pub fn has_tail(&self) -> bool {
+        !self.published.read().tail.docs.is_empty()
+    }
+
+    /// Ids of the tail's documents (to queue them again after a rollback of the writer).
+    pub fn tail_ids(&self) -> Vec<ItemId> {
+        self.published
+            .read()
+            .tail
+            .docs
+            .iter()
+            .map(|d| d.id)
+            .collect()
     }
 
     /// Removes every document of a namespace (takes effect at the next commit).
@@ -152,12 +369,23 @@ impl TextIndex {
         writer.delete_term(Term::from_field_text(self.fields.namespace, namespace));
     }
 
-    /// Commits with `watermark` as payload and makes the commit visible to searches.
+    /// Commits every queued document with `watermark` (at least the highest sequence number
+    /// queued) as payload, and makes the commit visible to searches in place of the tail.
     pub fn commit(&self, writer: &mut IndexWriter, watermark: u64) -> Result<()> {
+        let mut phases = super::phases::Phases::start();
         let mut prepared = writer.prepare_commit()?;
+        phases.lap("text_prepare");
         prepared.set_payload(&format!("seq:{watermark}"));
         prepared.commit()?;
+        phases.lap("text_commit");
         self.reader.reload()?;
+        let searcher = self.reader.searcher();
+        let mut published = self.published.write();
+        debug_assert!(published.tail.docs.iter().all(|d| d.seq <= watermark));
+        published.searcher = searcher;
+        published.tail = Tail::default();
+        drop(published);
+        phases.lap("text_reload");
         Ok(())
     }
 
@@ -191,6 +419,12 @@ impl TextIndex {
         if terms.is_empty() || k == 0 {
             return Ok(Vec::new());
         }
+        let published = self.published.read();
+        let stats = Stats {
+            published: &published,
+            content: self.fields.content,
+        };
+        let tail_hits = Self::search_tail(&published.tail, &stats, &terms, pushdown, &accept)?;
         let text_query: Box<dyn Query> = Box::new(BooleanQuery::new(
             terms
                 .into_iter()
@@ -229,11 +463,94 @@ impl TextIndex {
         } else {
             Box::new(BooleanQuery::new(clauses))
         };
-        let searcher = self.reader.searcher();
         let collector = FilteredTopK { k, accept: &accept };
-        let mut hits = searcher.search(&*query, &collector)?;
+        let mut hits = if published.searcher.segment_readers().is_empty() {
+            Vec::new()
+        } else {
+            published
+                .searcher
+                .search_with_statistics_provider(&*query, &collector, &stats)?
+        };
+        if !tail_hits.is_empty() {
+            hits.extend(tail_hits);
+            hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        }
         hits.truncate(k);
         Ok(hits)
+    }
+
+    /// Every accepted tail document matching at least one term, scored as tantivy scores the
+    /// committed ones (per term: [`Bm25Weight`] over the combined statistics, the quantised
+    /// field norm, the term frequency; summed over the terms).
+    fn search_tail(
+        tail: &Tail,
+        stats: &Stats<'_>,
+        terms: &[Term],
+        pushdown: &Pushdown<'_>,
+        accept: &(impl Fn(u64) -> bool + Sync),
+    ) -> Result<Vec<(u64, f32)>> {
+        if tail.docs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut scores: HashMap<u32, Score> = HashMap::new();
+        for term in terms {
+            let Some(postings) = term.value().as_str().and_then(|t| tail.postings.get(t)) else {
+                continue;
+            };
+            let weight = Bm25Weight::for_terms(stats, std::slice::from_ref(term))?;
+            for &(doc, tf) in postings {
+                let fieldnorm_id = tail.docs[doc as usize].fieldnorm_id;
+                *scores.entry(doc).or_default() += weight.score(fieldnorm_id, tf);
+            }
+        }
+        Ok(scores
+            .into_iter()
+            .filter_map(|(doc, score)| {
+                let d = &tail.docs[doc as usize];
+                let admitted = (pushdown.namespaces.is_empty()
+                    || pushdown.namespaces.contains(&&*d.namespace))
+                    && (pushdown.kinds.is_empty() || pushdown.kinds.contains(&&*d.kind))
+                    && accept(d.seq);
+                admitted.then_some((d.seq, score))
+            })
+            .collect())
+    }
+}
+
+/// Deletes everything in the index directory.
+fn wipe(dir: &Path) -> Result<()> {
+    let ctx = |e| MemoryError::io(format!("clearing {}", dir.display()), e);
+    std::fs::remove_dir_all(dir).map_err(ctx)?;
+    std::fs::create_dir_all(dir).map_err(ctx)
+}
+
+/// The index writer. Dropping it stops the writer, makes the index durable and records that it
+/// was closed cleanly (see [`super::textdir`]).
+pub(crate) struct TextWriter {
+    writer: Option<IndexWriter>,
+    dir: PathBuf,
+}
+
+impl Deref for TextWriter {
+    type Target = IndexWriter;
+    fn deref(&self) -> &IndexWriter {
+        self.writer.as_ref().expect("the writer lives until drop")
+    }
+}
+
+impl DerefMut for TextWriter {
+    fn deref_mut(&mut self) -> &mut IndexWriter {
+        self.writer.as_mut().expect("the writer lives until drop")
+    }
+}
+
+impl Drop for TextWriter {
+    fn drop(&mut self) {
+        // Stops the indexing and segment-updater work: no commit can follow.
+        drop(self.writer.take());
+        if let Err(e) = textdir::sync_and_unmark(&self.dir) {
+            tracing::warn!(path = %self.dir.display(), error = %e, "syncing the text index on close (it will be rebuilt if the machine crashes)");
+        }
     }
 }
 
