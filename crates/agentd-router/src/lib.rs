@@ -302,7 +302,10 @@ impl Router {
                 }
                 let role_text = req.role.profile_text();
                 if !role_text.trim().is_empty() && self.limits.role > 0 {
-                    for h in search(&role_text, None, &readable, self.limits.role)? {
+                    // The cached profile vector: the store would embed the text on every route.
+                    let role_vector = self.role_vector(req.role)?;
+                    let role_vector = role_vector.as_deref().map(Vec::as_slice);
+                    for h in search(&role_text, role_vector, &readable, self.limits.role)? {
                         add(h.item, None, Sources::ROLE);
                     }
                 }
