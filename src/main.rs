@@ -34,6 +34,8 @@ enum Command {
     Graph(cli::workflow::GraphArgs),
     /// Print JSON Schemas of workflow and role files.
     Schema(cli::workflow::SchemaArgs),
+    /// Evaluate routing policies on multi-hop QA data (evidence recall, tokens).
+    Eval(cli::eval::EvalArgs),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(Bench),
@@ -153,6 +155,7 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
             }
         }
         Command::Schema(args) => cli::workflow::schema(args)?,
+        Command::Eval(args) => cli::eval::eval(args)?,
         Command::Replay(args) => cli::run::replay(args)?,
         Command::Runs(args) => cli::run::runs(args)?,
         Command::Run(args) => return tokio_runtime()?.block_on(cli::run::run(args)),

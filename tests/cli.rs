@@ -307,3 +307,44 @@ fn multihop_qa_runs_end_to_end_on_the_local_llm() {
         .unwrap();
     assert!(written > 1, "the agents wrote items ({written})");
 }
+
+#[test]
+fn eval_routes_real_questions_and_reports_recall_per_policy() {
+    let data = repo().join("../shared/data/mhqa/hotpotqa.jsonl");
+    if !data.exists() {
+        eprintln!("skipped: {} is missing", data.display());
+        return;
+    }
+    let out = run(agentd()
+        .args([
+            "eval",
+            "--routing-only",
+            "--limit",
+            "15",
+            "--json",
+            "--data",
+        ])
+        .arg(&data)
+        .args(["--policy", "rcr,full,static", "--budgets", "role,512"]));
+    assert!(out.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = report["results"].as_array().unwrap();
+    let row = |policy: &str, budget: u64| {
+        results
+            .iter()
+            .find(|r| {
+                r["policy"].as_str().is_some_and(|p| p.starts_with(policy))
+                    && r["budget"].as_u64() == Some(budget)
+            })
+            .unwrap_or_else(|| panic!("no {policy} row at {budget}: {results:?}"))
+    };
+    let rcr = row("rcr", 512);
+    let recall = rcr["evidence_recall"].as_f64().unwrap();
+    assert!(recall > 0.0 && recall <= 1.0, "{rcr}");
+    assert!(rcr["token_share"].as_f64().unwrap() < 1.0, "{rcr}");
+
+    // Without --routing-only: a clear refusal, not a crash.
+    let out = run(agentd().args(["eval", "--data"]).arg(&data));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--routing-only"));
+}
