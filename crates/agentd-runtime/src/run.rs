@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use agentd_memory::{Filter, ItemId, Kind, MemoryItem, Page};
 use agentd_router::{ContextPack, RouteRequest, RunBudget, effective_budget};
-use agentd_workflow::{NodeSpec, Workflow};
+use agentd_workflow::{NodeSpec, TemplateVars, Workflow};
 use parking_lot::Mutex;
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::Instrument;
@@ -480,15 +480,6 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// The routing query of a node: its template with the run's values.
-fn node_query(node: &NodeSpec, task: &str, round: u32, stage: &str) -> String {
-    node.query
-        .replace("{{task}}", task)
-        .replace("{{round}}", &round.to_string())
-        .replace("{{role}}", &node.role)
-        .replace("{{stage}}", stage)
-}
-
 /// One attempt: route, act, write back. Returns the items produced.
 async fn attempt_node(
     cx: &Arc<RunCx>,
@@ -501,7 +492,15 @@ async fn attempt_node(
     let role = workflow.role_of(node);
     let stage = workflow.stage_of(node);
     let record = &cx.record;
-    let query = node_query(node, &record.input, round, &stage.name);
+    let query = node.render_query(&TemplateVars {
+        task: &record.input,
+        query: "",
+        context: "",
+        role: &node.role,
+        stage: &stage.name,
+        round,
+        output_format: "",
+    });
 
     // 1. Route.
     let budget = effective_budget(&role.profile, stage, node.budget, cx.budget.as_deref());
