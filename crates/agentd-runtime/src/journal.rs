@@ -7,10 +7,20 @@
 //! Appends are framed into an in-memory buffer under a short lock. A synced append then makes
 //! everything buffered so far durable: the first caller to get the file lock (the leader)
 //! takes the whole buffer, writes it and `fdatasync`s once; callers whose records that sync
-//! covered return without syncing (group commit). Under load many checkpoints share one sync;
-//! alone, a checkpoint costs one write and one sync on the caller's thread, with no hand-off to
-//! another thread. Records that need no durability of their own (a node started, a context
-//! routed) wait in the buffer for the next synced record, which makes them durable in order.
+//! covered return without syncing (group commit). Alone, a checkpoint costs one write and one
+//! sync on the caller's thread, with no hand-off to another thread. Under load, callers that
+//! find a sync in progress do not block their thread on the file lock: they wait
+//! asynchronously for the leader's notification and, if their record came too late for that
+//! sync, one of them leads the next. So at most one executor thread is ever blocked in a sync,
+//! and the other keeps running nodes. Records that need no durability of their own (a node
+//! started, a context routed) wait in the buffer for the next synced record, which makes them
+//! durable in order.
+//!
+//! The file is preallocated in chunks of written zeros ([`CHUNK`]), and records overwrite the
+//! zeros in place. An `fdatasync` of an append that grows the file must also commit the new
+//! size through the file system's journal; an overwrite inside allocated blocks flushes only
+//! the data, so a checkpoint's sync costs about the same whatever its size. The zeros also
+//! mark the end: a frame never starts with a zero length.
 //!
 //! Frame: `len: u32 LE | crc32(payload): u32 LE | payload` where the payload is one JSON
 //! object, zstd-compressed when it is large (routing manifests): a checkpoint's sync costs
@@ -21,11 +31,13 @@
 //! of a scan on open. Compaction of finished runs is future work.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard};
+use tokio::sync::Notify;
 
 use crate::event::Event;
 
@@ -39,6 +51,8 @@ const COMPRESS_FROM: usize = 1024;
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xB5, 0x2F, 0xFD];
 /// Buffered bytes from which an unsynced append writes the buffer out itself.
 const FLUSH_AT: usize = 1 << 20;
+/// The file grows by this many bytes of written zeros at a time.
+pub const CHUNK: u64 = 4 << 20;
 
 /// How run state is persisted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -85,6 +99,10 @@ struct Pending {
 /// The file and the leader's state.
 struct Writer {
     file: File,
+    /// Where the next record goes (the end of the intact records).
+    end: u64,
+    /// The file's length: zeros from `end` to here.
+    allocated: u64,
     /// A spare buffer, swapped with the pending one to keep both allocations.
     spare: Vec<u8>,
     /// The first write failure, after which nothing more is written.
@@ -99,6 +117,8 @@ pub struct Journal {
     writer: Mutex<Writer>,
     /// Records known to be written (and synced, when durable).
     durable: AtomicU64,
+    /// Wakes callers waiting for a leader's sync.
+    synced: Notify,
 }
 
 impl Journal {
@@ -113,14 +133,16 @@ impl Journal {
         std::fs::create_dir_all(dir).map_err(|e| io("creating its folder", e))?;
         let mut file = OpenOptions::new()
             .read(true)
-            .append(true)
+            .write(true)
             .create(true)
+            .truncate(false)
             .open(&path)
             .map_err(|e| io("opening", e))?;
         let mut bytes = Vec::new();
         file.read_to_end(&mut bytes).map_err(|e| io("reading", e))?;
         let (events, good) = decode_all(&bytes);
-        if good < bytes.len() {
+        let mut allocated = bytes.len() as u64;
+        if bytes[good..].iter().any(|&b| b != 0) {
             tracing::warn!(
                 path = %path.display(),
                 cut = bytes.len() - good,
@@ -129,8 +151,8 @@ impl Journal {
             file.set_len(good as u64)
                 .map_err(|e| io("truncating a torn tail", e))?;
             file.sync_all().map_err(|e| io("syncing", e))?;
+            allocated = good as u64;
         }
-        file.seek(SeekFrom::End(0)).map_err(|e| io("seeking", e))?;
         Ok((
             Journal {
                 path,
@@ -141,10 +163,13 @@ impl Journal {
                 }),
                 writer: Mutex::new(Writer {
                     file,
+                    end: good as u64,
+                    allocated,
                     spare: Vec::with_capacity(64 << 10),
                     failure: None,
                 }),
                 durable: AtomicU64::new(0),
+                synced: Notify::new(),
             },
             events,
         ))
@@ -165,14 +190,28 @@ impl Journal {
     }
 
     /// Appends `event` and returns once it, and everything appended before it, is written (and
-    /// synced, under [`Durability::Durable`]). Blocks the calling thread for the write and the
-    /// sync, or until another caller's sync covers this record.
-    pub fn append_synced(&self, event: &Event) -> Result<(), JournalError> {
-        let appended = self.push(event);
-        self.write_through(appended, self.durability == Durability::Durable)
+    /// synced, under [`Durability::Durable`]). The caller leads the sync on its own thread when
+    /// no other sync is in progress; otherwise it waits, without blocking its thread, until a
+    /// leader's sync covers its record (or leads the next one).
+    pub async fn append_synced(&self, event: &Event) -> Result<(), JournalError> {
+        let upto = self.push(event);
+        let sync = self.durability == Durability::Durable;
+        loop {
+            let notified = self.synced.notified();
+            tokio::pin!(notified);
+            // Registered before the checks below, so a leader finishing after them wakes us.
+            notified.as_mut().enable();
+            if self.durable.load(Ordering::Acquire) >= upto {
+                return Ok(());
+            }
+            if let Some(writer) = self.writer.try_lock() {
+                return self.lead(writer, upto, sync);
+            }
+            notified.await;
+        }
     }
 
-    /// Writes (and syncs, when durable) everything appended so far.
+    /// Writes (and syncs, when durable) everything appended so far. Blocks the calling thread.
     pub fn flush(&self) -> Result<(), JournalError> {
         let appended = self.pending.lock().appended;
         self.write_through(appended, self.durability == Durability::Durable)
@@ -186,13 +225,23 @@ impl Journal {
         pending.appended
     }
 
-    /// Makes records up to `upto` written (and synced if `sync`): as the leader, or by finding
-    /// that a leader already did.
+    /// Makes records up to `upto` written (and synced if `sync`), blocking on the file lock.
     fn write_through(&self, upto: u64, sync: bool) -> Result<(), JournalError> {
         if self.durable.load(Ordering::Acquire) >= upto {
             return Ok(());
         }
-        let mut writer = self.writer.lock();
+        let writer = self.writer.lock();
+        self.lead(writer, upto, sync)
+    }
+
+    /// As the holder of the file lock: writes everything buffered (and syncs it if `sync`)
+    /// unless a previous leader already covered `upto`, then wakes the waiters.
+    fn lead(
+        &self,
+        mut writer: MutexGuard<'_, Writer>,
+        upto: u64,
+        sync: bool,
+    ) -> Result<(), JournalError> {
         if let Some(message) = &writer.failure {
             return Err(JournalError::Poisoned {
                 path: self.path.clone(),
@@ -202,18 +251,14 @@ impl Journal {
         if self.durable.load(Ordering::Acquire) >= upto {
             return Ok(());
         }
-        let writer = &mut *writer;
         let covered = {
             let mut pending = self.pending.lock();
             std::mem::swap(&mut pending.buf, &mut writer.spare);
             pending.appended
         };
-        let mut result = writer.file.write_all(&writer.spare);
-        if result.is_ok() && sync {
-            result = writer.file.sync_data();
-        }
+        let result = write_records(&mut writer, sync);
         writer.spare.clear();
-        match result {
+        let outcome = match result {
             Ok(()) => {
                 self.durable.store(covered, Ordering::Release);
                 Ok(())
@@ -227,7 +272,12 @@ impl Journal {
                     message,
                 })
             }
-        }
+        };
+        // Unlock before waking: a woken caller whose record missed this sync must be able to
+        // lead the next one.
+        drop(writer);
+        self.synced.notify_waiters();
+        outcome
     }
 
     /// Writes and syncs what is buffered.
@@ -241,6 +291,32 @@ impl Drop for Journal {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Writes the leader's buffer at the end of the records, first growing the file by whole
+/// chunks of zeros (synced with its new length) when the records would pass its end.
+fn write_records(writer: &mut Writer, sync: bool) -> std::io::Result<()> {
+    let need = writer.end + writer.spare.len() as u64;
+    if need > writer.allocated {
+        let grown = need.div_ceil(CHUNK) * CHUNK;
+        let zeros = vec![0u8; (grown - writer.allocated).min(CHUNK) as usize];
+        let mut at = writer.allocated;
+        while at < grown {
+            let n = (grown - at).min(zeros.len() as u64) as usize;
+            writer.file.write_all_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        if sync {
+            writer.file.sync_all()?;
+        }
+        writer.allocated = grown;
+    }
+    writer.file.write_all_at(&writer.spare, writer.end)?;
+    writer.end = need;
+    if sync {
+        writer.file.sync_data()?;
+    }
+    Ok(())
 }
 
 fn encode(event: &Event) -> Vec<u8> {
@@ -278,6 +354,10 @@ fn decode_all(bytes: &[u8]) -> (Vec<Event>, usize) {
     while bytes.len() - at >= HEADER {
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
         let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        if len == 0 {
+            // The preallocated zeros after the last record.
+            break;
+        }
         if len > MAX_RECORD || bytes.len() - at - HEADER < len {
             break;
         }
@@ -312,33 +392,40 @@ mod tests {
         }
     }
 
-    #[test]
-    fn appends_survive_reopen_and_torn_tails_are_cut() {
+    #[tokio::test]
+    async fn appends_survive_reopen_and_torn_tails_are_cut() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (j, old) = Journal::open(dir.path(), Durability::Durable).unwrap();
             assert!(old.is_empty());
             j.append(&event("a", 1)).unwrap();
-            j.append_synced(&event("a", 2)).unwrap();
-            j.append_synced(&event("b", 1)).unwrap();
+            j.append_synced(&event("a", 2)).await.unwrap();
+            j.append_synced(&event("b", 1)).await.unwrap();
         }
-        // A crash mid-append leaves half a frame.
+        // The file is preallocated: records, then zeros.
         let path = dir.path().join(FILE_NAME);
-        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
-        f.write_all(&encode(&event("c", 1))[..10]).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(bytes.len() as u64, CHUNK);
+        let end = decode_all(&bytes).1;
+        assert!(bytes[end..].iter().all(|&b| b == 0));
+        // A crash mid-append leaves half a frame.
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.write_all_at(&encode(&event("c", 1))[..10], end as u64)
+            .unwrap();
         drop(f);
         let (j, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
         assert_eq!(events.len(), 3);
         assert_eq!(events[2].run, "b");
-        j.append_synced(&event("d", 1)).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), end as u64);
+        j.append_synced(&event("d", 1)).await.unwrap();
         drop(j);
         let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
         assert_eq!(events.len(), 4);
         assert_eq!(events[3].run, "d");
     }
 
-    #[test]
-    fn large_records_are_compressed_and_read_back() {
+    #[tokio::test]
+    async fn large_records_are_compressed_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let big = Event {
             run: "a".into(),
@@ -353,8 +440,8 @@ mod tests {
         assert!(frame.len() < 1000, "{}", frame.len());
         {
             let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
-            j.append_synced(&big).unwrap();
-            j.append_synced(&event("a", 2)).unwrap();
+            j.append_synced(&big).await.unwrap();
+            j.append_synced(&event("a", 2)).await.unwrap();
         }
         let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
         assert_eq!(events.len(), 2);
@@ -364,13 +451,13 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_flipped_byte_stops_replay_at_the_damage() {
+    #[tokio::test]
+    async fn a_flipped_byte_stops_replay_at_the_damage() {
         let dir = tempfile::tempdir().unwrap();
         {
             let (j, _) = Journal::open(dir.path(), Durability::Buffered).unwrap();
             for i in 0..5 {
-                j.append_synced(&event("a", i)).unwrap();
+                j.append_synced(&event("a", i)).await.unwrap();
             }
         }
         let path = dir.path().join(FILE_NAME);
@@ -382,25 +469,72 @@ mod tests {
         assert_eq!(events.len(), 2);
     }
 
-    #[test]
-    fn concurrent_synced_appends_share_syncs_and_all_land() {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_synced_appends_share_syncs_and_all_land() {
         let dir = tempfile::tempdir().unwrap();
         let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
         let j = Arc::new(j);
         let mut tasks = Vec::new();
         for t in 0..16 {
             let j = Arc::clone(&j);
-            tasks.push(std::thread::spawn(move || {
+            tasks.push(tokio::spawn(async move {
                 for i in 0..20 {
-                    j.append_synced(&event(&format!("r{t}"), i)).unwrap();
+                    j.append_synced(&event(&format!("r{t}"), i)).await.unwrap();
                 }
             }));
         }
         for t in tasks {
-            t.join().unwrap();
+            t.await.unwrap();
         }
         drop(j);
         let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
         assert_eq!(events.len(), 320);
+        let mut per_run = std::collections::HashMap::<String, Vec<u64>>::new();
+        for e in &events {
+            per_run.entry(e.run.clone()).or_default().push(e.seq);
+        }
+        assert!(
+            per_run
+                .values()
+                .all(|seqs| *seqs == (0..20).collect::<Vec<_>>())
+        );
+    }
+
+    #[tokio::test]
+    async fn records_past_a_chunk_grow_the_file_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = Event {
+            run: "a".into(),
+            seq: 1,
+            at_ms: 1,
+            // Incompressible enough to stay large.
+            kind: EventKind::RunFailed {
+                error: {
+                    let mut x = 0x9E37_79B9_7F4A_7C15u64;
+                    (0..25_000)
+                        .map(|_| {
+                            x ^= x << 13;
+                            x ^= x >> 7;
+                            x ^= x << 17;
+                            format!("{x:016x}")
+                        })
+                        .collect()
+                },
+            },
+        };
+        {
+            let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
+            for _ in 0..30 {
+                j.append_synced(&big).await.unwrap();
+            }
+        }
+        let len = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
+        assert!(len > CHUNK && len % CHUNK == 0, "{len}");
+        let (j, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        assert_eq!(events.len(), 30);
+        j.append_synced(&event("b", 1)).await.unwrap();
+        drop(j);
+        let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        assert_eq!(events.len(), 31);
     }
 }

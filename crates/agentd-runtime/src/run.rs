@@ -137,7 +137,7 @@ impl RunCx {
         };
         if let Some(journal) = &self.rt.journal {
             if sync {
-                journal.append_synced(&event)?;
+                journal.append_synced(&event).await?;
             } else {
                 journal.append(&event)?;
             }
