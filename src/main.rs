@@ -36,6 +36,8 @@ enum Command {
     Schema(cli::workflow::SchemaArgs),
     /// Evaluate routing policies on multi-hop QA data (evidence recall, tokens).
     Eval(cli::eval::EvalArgs),
+    /// Run the daemon: the HTTP API (runs, SSE events, memory, manifests, metrics).
+    Serve(cli::serve::ServeArgs),
     /// Run a benchmark and print its figures.
     #[command(subcommand)]
     Bench(Bench),
@@ -49,6 +51,8 @@ enum Bench {
     Route(RouteArgs),
     /// Per-node overhead of the runtime and runs/s, with an instant scripted LLM.
     Runtime(agentd::bench::runtime::RuntimeArgs),
+    /// Load on the daemon: N runs over HTTP against a fixed-latency LLM responder.
+    Serve(agentd::bench::serve::ServeBenchArgs),
 }
 
 #[derive(clap::Args)]
@@ -162,6 +166,11 @@ fn run(cli: Cli) -> anyhow::Result<bool> {
         Command::Resume(args) => return tokio_runtime()?.block_on(cli::run::resume(args)),
         Command::Bench(Bench::Memory(args)) => bench_memory(args)?,
         Command::Bench(Bench::Route(args)) => bench_route(args)?,
+        Command::Serve(args) => tokio_runtime()?.block_on(cli::serve::serve(args))?,
+        Command::Bench(Bench::Serve(args)) => {
+            let report = tokio_runtime()?.block_on(agentd::bench::serve::run(&args))?;
+            print_report(&report, args.json)?;
+        }
         Command::Bench(Bench::Runtime(args)) => {
             let report = tokio_runtime()?.block_on(agentd::bench::runtime::run(&args))?;
             print_report(&report, args.json)?;

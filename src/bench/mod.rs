@@ -4,6 +4,7 @@
 pub mod memory;
 pub mod route;
 pub mod runtime;
+pub mod serve;
 
 /// Peak resident set size of this process so far, in MiB (Linux; 0 elsewhere).
 pub fn rss_peak_mb() -> f64 {

@@ -3,4 +3,5 @@
 pub mod docs;
 pub mod eval;
 pub mod run;
+pub mod serve;
 pub mod workflow;

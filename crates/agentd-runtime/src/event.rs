@@ -2,6 +2,7 @@
 //! `node_finished` event is the node's checkpoint), kept per run for late subscribers, and
 //! published on a broadcast channel for live progress, the daemon's event streams and tests.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use agentd_llm::Usage;
@@ -149,6 +150,8 @@ pub enum EventKind {
     },
     /// The run was cancelled.
     RunCancelled,
+    /// The run was deleted (a tombstone): its memory is gone and a restart forgets the run.
+    RunDeleted,
 }
 
 impl EventKind {
@@ -168,6 +171,7 @@ impl EventKind {
             EventKind::RunFinished { .. } => "run_finished",
             EventKind::RunFailed { .. } => "run_failed",
             EventKind::RunCancelled => "run_cancelled",
+            EventKind::RunDeleted => "run_deleted",
         }
     }
 
@@ -201,4 +205,8 @@ pub struct RunRecord {
     pub run_budget: Option<u64>,
     /// The task item.
     pub task_item: Option<ItemId>,
+    /// Labels given with the request (the daemon records the owning tenant here), so they
+    /// survive restarts. Empty in journals written before labels existed.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }

@@ -205,7 +205,12 @@ impl Journal {
                 return Ok(());
             }
             if let Some(writer) = self.writer.try_lock() {
-                return self.lead(writer, upto, sync);
+                return if sync && can_block_in_place() {
+                    // The executor moves this thread's other tasks elsewhere while it syncs.
+                    tokio::task::block_in_place(|| self.lead(writer, upto, sync))
+                } else {
+                    self.lead(writer, upto, sync)
+                };
             }
             notified.await;
         }
@@ -291,6 +296,13 @@ impl Drop for Journal {
     fn drop(&mut self) {
         self.close();
     }
+}
+
+/// Whether the current executor lets a task block its thread while others run on (a
+/// multi-threaded tokio runtime).
+fn can_block_in_place() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Writes the leader's buffer at the end of the records, first growing the file by whole
@@ -529,7 +541,7 @@ mod tests {
             }
         }
         let len = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
-        assert!(len > CHUNK && len % CHUNK == 0, "{len}");
+        assert!(len > CHUNK && len.is_multiple_of(CHUNK), "{len}");
         let (j, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
         assert_eq!(events.len(), 30);
         j.append_synced(&event("b", 1)).await.unwrap();

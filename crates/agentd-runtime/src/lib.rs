@@ -43,7 +43,9 @@ pub use journal::{Durability, JournalError};
 pub use output::{AgentOutput, OutputItem, ParseOutcome, parse_output};
 pub use replay::{ReplayReport, replay};
 pub use run::{NodeTimings, RunShared};
-pub use runtime::{Document, RunHandle, RunOutcome, RunRequest, Runtime, RuntimeBuilder};
+pub use runtime::{
+    Document, EventHook, RunHandle, RunOutcome, RunRequest, Runtime, RuntimeBuilder,
+};
 pub use state::{RunState, RunStatus};
 pub use usage::{RunUsage, UsageTotals};
 

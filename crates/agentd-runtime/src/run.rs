@@ -8,6 +8,7 @@
 //! run; a timeout counts as a failure; cancellation stops every actor. Nothing waits forever.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agentd_memory::{Filter, ItemId, Kind, MemoryItem, Page};
@@ -35,6 +36,8 @@ pub struct RunShared {
     tx: broadcast::Sender<Arc<Event>>,
     cancel: watch::Sender<bool>,
     done: watch::Sender<Option<RunStatus>>,
+    /// Waiting for a run slot (see `RuntimeBuilder::max_running`).
+    queued: AtomicBool,
 }
 
 struct RunLog {
@@ -58,6 +61,7 @@ impl RunShared {
             tx: broadcast::channel(EVENT_CHANNEL).0,
             cancel: watch::channel(false).0,
             done: watch::channel(finished).0,
+            queued: AtomicBool::new(false),
         })
     }
 
@@ -69,6 +73,16 @@ impl RunShared {
     /// The run's state now.
     pub fn state(&self) -> RunState {
         self.log.lock().state.clone()
+    }
+
+    /// Calls `f` with the run's state, without copying it (listings look at many runs).
+    pub fn with_state<R>(&self, f: impl FnOnce(&RunState) -> R) -> R {
+        f(&self.log.lock().state)
+    }
+
+    /// Whether the run waits for a run slot (started, not yet running any node).
+    pub fn is_queued(&self) -> bool {
+        self.queued.load(Ordering::SeqCst)
     }
 
     /// Every event so far, in order.
@@ -123,28 +137,42 @@ pub(crate) struct RunCx {
 impl RunCx {
     /// Records an event: journal (synced when `sync`), then the run's log and channel.
     pub async fn emit(&self, kind: EventKind, sync: bool) -> Result<(), RuntimeError> {
-        let event = {
-            let mut log = self.shared.log.lock();
-            let event = Arc::new(Event {
-                run: self.shared.id.clone(),
-                seq: log.state.last_seq + 1,
-                at_ms: now_ms(),
-                kind,
-            });
-            log.state.apply(&event);
-            log.events.push(Arc::clone(&event));
-            event
-        };
-        if let Some(journal) = &self.rt.journal {
-            if sync {
-                journal.append_synced(&event).await?;
-            } else {
-                journal.append(&event)?;
-            }
-        }
-        let _ = self.shared.tx.send(event);
-        Ok(())
+        record(&self.rt, &self.shared, kind, sync).await
     }
+}
+
+/// Records an event of a run: journal (synced when `sync`), then the run's log, the event hook
+/// and the live channel.
+pub(crate) async fn record(
+    rt: &Inner,
+    shared: &RunShared,
+    kind: EventKind,
+    sync: bool,
+) -> Result<(), RuntimeError> {
+    let event = {
+        let mut log = shared.log.lock();
+        let event = Arc::new(Event {
+            run: shared.id.clone(),
+            seq: log.state.last_seq + 1,
+            at_ms: now_ms(),
+            kind,
+        });
+        log.state.apply(&event);
+        log.events.push(Arc::clone(&event));
+        event
+    };
+    if let Some(journal) = &rt.journal {
+        if sync {
+            journal.append_synced(&event).await?;
+        } else {
+            journal.append(&event)?;
+        }
+    }
+    if let Some(hook) = &rt.event_hook {
+        hook(&event);
+    }
+    let _ = shared.tx.send(event);
+    Ok(())
 }
 
 /// A command to a node actor.
@@ -180,11 +208,91 @@ impl NodeTimings {
     }
 }
 
+/// Marks a run as waiting for a run slot, before its `drive` is spawned (so admission control
+/// sees it at once).
+pub(crate) fn enqueue(rt: &Inner, shared: &RunShared) {
+    if rt.slots.is_some() && !shared.queued.swap(true, Ordering::SeqCst) {
+        rt.queued.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn dequeue(rt: &Inner, shared: &RunShared) {
+    if shared.queued.swap(false, Ordering::SeqCst) {
+        rt.queued.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// What waiting for a run slot came to.
+enum Slot {
+    Got(Option<tokio::sync::OwnedSemaphorePermit>),
+    Cancelled,
+    Draining,
+}
+
+async fn run_slot(cx: &RunCx) -> Slot {
+    let Some(slots) = &cx.rt.slots else {
+        return Slot::Got(None);
+    };
+    let mut cancel = cx.shared.cancel.subscribe();
+    let mut drain = cx.rt.draining.subscribe();
+    let slot = tokio::select! {
+        biased;
+        () = cancelled(&mut cancel) => Slot::Cancelled,
+        () = cancelled(&mut drain) => Slot::Draining,
+        permit = Arc::clone(slots).acquire_owned() => match permit {
+            Ok(permit) => Slot::Got(Some(permit)),
+            Err(_) => Slot::Draining,
+        },
+    };
+    dequeue(&cx.rt, &cx.shared);
+    slot
+}
+
+/// Counts a run whose orchestrator is active (holding a slot), for draining.
+struct Active<'a>(&'a Inner);
+
+impl<'a> Active<'a> {
+    fn enter(rt: &'a Inner) -> Self {
+        rt.active.fetch_add(1, Ordering::SeqCst);
+        Active(rt)
+    }
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Runs (or resumes) a run to its end. Never panics on agent or LLM failures: every outcome is
-/// a terminal event.
+/// a terminal event. With a run-slot limit it first waits for a slot. While the runtime drains
+/// (see `Runtime::drain`) it dispatches no new node: once its nodes in flight have checkpointed
+/// it returns `Running` without a terminal event, and the run resumes after a restart.
 pub(crate) async fn drive(cx: Arc<RunCx>) -> RunStatus {
+    let _permit = match run_slot(&cx).await {
+        Slot::Got(permit) => permit,
+        Slot::Draining => return RunStatus::Running,
+        Slot::Cancelled => {
+            let status = match cx.emit(EventKind::RunCancelled, true).await {
+                Ok(()) => RunStatus::Cancelled,
+                Err(_) => RunStatus::Running,
+            };
+            if status == RunStatus::Cancelled {
+                cx.shared.mark_done(status);
+            }
+            return status;
+        }
+    };
+    let _active = Active::enter(&cx.rt);
     let span = tracing::info_span!("run", id = %cx.shared.id, workflow = %cx.workflow.name);
-    let status = match orchestrate(&cx).instrument(span).await {
+    let run = async {
+        if cx.rt.slots.is_some() {
+            ensure_task_item(&cx).await?;
+        }
+        orchestrate(&cx).await
+    };
+    let status = match run.instrument(span).await {
+        Ok(RunStatus::Running) => return RunStatus::Running,
         Ok(status) => status,
         Err(e) => {
             let error = e.to_string();
@@ -229,9 +337,13 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
         .map(|n| n.after.iter().filter_map(|a| index_of(a)).collect())
         .collect();
 
+    let draining = || *cx.rt.draining.borrow();
     let mut stop = false;
     let mut last_round = start_round;
     for round in start_round..=workflow.max_rounds {
+        if draining() {
+            return Ok(RunStatus::Running);
+        }
         last_round = round;
         let current = cx.shared.log.lock().state.round;
         if current != round {
@@ -249,7 +361,7 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
         let mut in_flight = 0usize;
         loop {
             for i in 0..nodes.len() {
-                if !dispatched[i] && deps[i].iter().all(|&d| done[d]) {
+                if !dispatched[i] && deps[i].iter().all(|&d| done[d]) && !draining() {
                     dispatched[i] = true;
                     dispatched_at[i] = Some(Instant::now());
                     in_flight += 1;
@@ -307,6 +419,10 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
                 }
             }
         }
+        if done.iter().any(|d| !d) {
+            // Draining: the nodes in flight have checkpointed; the rest run after a restart.
+            return Ok(RunStatus::Running);
+        }
         stop = stop_condition_holds(cx, round).await?;
         cx.emit(EventKind::RoundFinished { round, stop }, false)
             .await?;
@@ -318,6 +434,22 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
     tracing::info!(run = %cx.shared.id, rounds = last_round, stop, "run finished");
     cx.emit(EventKind::RunFinished { answer }, true).await?;
     Ok(RunStatus::Finished)
+}
+
+/// Writes the run's task item unless it exists (runs with slots write it once they get one).
+async fn ensure_task_item(cx: &Arc<RunCx>) -> Result<(), RuntimeError> {
+    let record = Arc::clone(&cx.record);
+    blocking(cx, move |rt| {
+        let filter = Filter::namespace(record.namespace.as_str())
+            .kinds([Kind::Task])
+            .tag(crate::runtime::TASK_ORIGIN);
+        if rt.store.count(&filter)? == 0 {
+            rt.store
+                .put(crate::runtime::task_item(&record.namespace, &record.input))?;
+        }
+        Ok(())
+    })
+    .await
 }
 
 /// Resolves once the run is cancelled (never, if the run outlives its cancel switch).

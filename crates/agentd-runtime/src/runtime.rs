@@ -5,9 +5,10 @@
 //! a crash interrupted with [`Runtime::resume`], and replay a finished run's routing decisions
 //! under another policy with [`Runtime::replay`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentd_llm::LlmClient;
 use agentd_memory::embed::EmbedderConfig;
@@ -19,12 +20,12 @@ use agentd_router::{CandidateLimits, Policy, Router, RunBudget};
 use agentd_workflow::Workflow;
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
-use tokio::sync::broadcast;
+use tokio::sync::{Semaphore, broadcast, watch};
 
 use crate::agent::{Agent, LlmAgent};
 use crate::event::{Event, EventKind, RunRecord};
 use crate::journal::{Durability, Journal};
-use crate::run::{NodeTimings, RunCx, RunShared, drive, items_in_order};
+use crate::run::{NodeTimings, RunCx, RunShared, drive, enqueue, items_in_order, record};
 use crate::state::{RunState, RunStatus};
 use crate::usage::RunUsage;
 use crate::{RuntimeError, new_run_id};
@@ -41,9 +42,29 @@ pub struct RuntimeBuilder {
     durability: Durability,
     limits: CandidateLimits,
     timings: Option<Arc<NodeTimings>>,
+    max_running: Option<usize>,
+    event_hook: Option<EventHook>,
 }
 
+/// A function called with every event of every run, after the event is journaled (synced,
+/// for a checkpoint) and before it is published live. It must be quick: it runs on the run's
+/// task. The daemon computes its metrics with one.
+pub type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
+
 impl RuntimeBuilder {
+    /// At most `n` runs execute nodes at once; the others wait for a slot in start order
+    /// (started, journaled, [`Runtime::is_queued`]). Default: no limit.
+    pub fn max_running(mut self, n: usize) -> Self {
+        self.max_running = Some(n.max(1));
+        self
+    }
+
+    /// Calls `hook` with every event of every run (see [`EventHook`]).
+    pub fn event_hook(mut self, hook: EventHook) -> Self {
+        self.event_hook = Some(hook);
+        self
+    }
+
     /// Records per-node timings into `timings` (benchmarks).
     pub fn node_timings(mut self, timings: Arc<NodeTimings>) -> Self {
         self.timings = Some(timings);
@@ -137,10 +158,21 @@ impl RuntimeBuilder {
                 .or_default()
                 .push(Arc::new(event));
         }
-        let runs = by_run
-            .into_iter()
-            .map(|(id, events)| (id.clone(), RunShared::new(id, events)))
-            .collect();
+        // Deleted runs are forgotten; their memory is deleted again in case a crash came
+        // between the tombstone and the deletion.
+        let mut runs = HashMap::new();
+        for (id, events) in by_run {
+            if events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::RunDeleted))
+            {
+                for namespace in owned_namespaces(&events) {
+                    store.delete_namespace(&namespace)?;
+                }
+                continue;
+            }
+            runs.insert(id.clone(), RunShared::new(id, events));
+        }
         let router = Router::new(Arc::clone(&store)).with_limits(self.limits);
         let llm_agent = self
             .llm
@@ -156,6 +188,11 @@ impl RuntimeBuilder {
                 data_dir: self.data_dir,
                 runs: Mutex::new(runs),
                 timings: self.timings,
+                slots: self.max_running.map(|n| Arc::new(Semaphore::new(n))),
+                queued: AtomicUsize::new(0),
+                active: AtomicUsize::new(0),
+                draining: watch::channel(false).0,
+                event_hook: self.event_hook,
             }),
         })
     }
@@ -171,6 +208,38 @@ pub(crate) struct Inner {
     data_dir: Option<PathBuf>,
     runs: Mutex<HashMap<String, Arc<RunShared>>>,
     pub(crate) timings: Option<Arc<NodeTimings>>,
+    /// Run slots (`RuntimeBuilder::max_running`).
+    pub(crate) slots: Option<Arc<Semaphore>>,
+    /// Runs waiting for a slot.
+    pub(crate) queued: AtomicUsize,
+    /// Runs whose orchestrator is active.
+    pub(crate) active: AtomicUsize,
+    /// Set by `Runtime::drain`.
+    pub(crate) draining: watch::Sender<bool>,
+    pub(crate) event_hook: Option<EventHook>,
+}
+
+/// The namespaces a run owns: its own, and read namespaces under it (`<namespace>/...`, such
+/// as documents given with the run).
+fn owned_namespaces(events: &[Arc<Event>]) -> Vec<String> {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::RunStarted { spec } => Some(spec),
+            _ => None,
+        })
+        .map(|spec| {
+            let prefix = format!("{}/", spec.namespace);
+            std::iter::once(spec.namespace.clone())
+                .chain(
+                    spec.read_namespaces
+                        .iter()
+                        .filter(|n| n.starts_with(&prefix))
+                        .cloned(),
+                )
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Inner {
@@ -202,6 +271,16 @@ impl Inner {
         Ok(())
     }
 }
+
+/// The item holding a run's input (its origin tag makes writing it idempotent).
+pub(crate) fn task_item(namespace: &str, input: &str) -> NewItem {
+    NewItem::new(namespace, Kind::Task, input)
+        .producer(Producer::new("user", "input", 0))
+        .tag(TASK_ORIGIN)
+}
+
+/// The origin tag of a run's task item.
+pub(crate) const TASK_ORIGIN: &str = "origin:input@0";
 
 fn no_llm(role: &str) -> RuntimeError {
     RuntimeError::Config(format!(
@@ -236,6 +315,9 @@ pub struct RunRequest {
     pub run_budget: Option<u64>,
     /// The run id (default: a new UUID v7).
     pub run_id: Option<String>,
+    /// Labels recorded with the run (in [`RunRecord::labels`]); the daemon puts the owning
+    /// tenant here.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl RunRequest {
@@ -248,6 +330,7 @@ impl RunRequest {
             policy: None,
             run_budget: None,
             run_id: None,
+            labels: BTreeMap::new(),
         }
     }
 
@@ -260,6 +343,12 @@ impl RunRequest {
     /// Routes with this policy.
     pub fn policy(mut self, policy: Policy) -> Self {
         self.policy = Some(policy);
+        self
+    }
+
+    /// Records a label with the run.
+    pub fn label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
         self
     }
 }
@@ -342,6 +431,8 @@ impl Runtime {
             durability: Durability::Durable,
             limits: CandidateLimits::default(),
             timings: None,
+            max_running: None,
+            event_hook: None,
         }
     }
 
@@ -406,14 +497,19 @@ impl Runtime {
         let namespace = format!("run-{id}");
         let mut read_namespaces = vec![namespace.clone()];
         read_namespaces.extend(request.documents.iter().cloned());
-        let task = {
+        // With run slots, the task item is written when the run gets its slot (the start
+        // record carries the input, so a crash before then loses nothing): a burst of starts
+        // then costs journal group commits, not one store fsync each.
+        let task = if self.inner.slots.is_some() {
+            None
+        } else {
             let store = Arc::clone(&self.inner.store);
-            let item = NewItem::new(namespace.as_str(), Kind::Task, request.input.as_str())
-                .producer(Producer::new("user", "input", 0))
-                .tag("origin:input@0");
-            tokio::task::spawn_blocking(move || store.put(item))
-                .await
-                .map_err(|e| RuntimeError::Internal(e.to_string()))??
+            let item = task_item(&namespace, &request.input);
+            Some(
+                tokio::task::spawn_blocking(move || store.put(item))
+                    .await
+                    .map_err(|e| RuntimeError::Internal(e.to_string()))??,
+            )
         };
         let record = RunRecord {
             workflow: workflow.name.clone(),
@@ -425,7 +521,8 @@ impl Runtime {
             read_namespaces,
             policy: request.policy.unwrap_or(workflow.router.policy),
             run_budget: request.run_budget.or(workflow.router.run_budget),
-            task_item: Some(task.id),
+            task_item: task.map(|t| t.id),
+            labels: request.labels,
         };
         let shared = RunShared::new(id.clone(), Vec::new());
         self.inner
@@ -446,6 +543,7 @@ impl Runtime {
             true,
         )
         .await?;
+        enqueue(&self.inner, &shared);
         tokio::spawn(drive(cx));
         Ok(RunHandle {
             shared,
@@ -510,11 +608,71 @@ impl Runtime {
             true,
         )
         .await?;
+        enqueue(&self.inner, &shared);
         tokio::spawn(drive(cx));
         Ok(RunHandle {
             shared,
             runtime: self.clone(),
         })
+    }
+
+    /// Deletes a run that is not running: records a `run_deleted` tombstone (synced), forgets
+    /// the run and deletes its memory (its namespace and the read namespaces under it). The
+    /// journal keeps the run's older records until compaction; a restart skips them.
+    pub async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        let shared = self.shared(id)?;
+        if shared.state().status == RunStatus::Running {
+            return Err(RuntimeError::Config(format!(
+                "run `{id}` is running; cancel it before deleting it"
+            )));
+        }
+        let namespaces = owned_namespaces(&shared.events());
+        record(&self.inner, &shared, EventKind::RunDeleted, true).await?;
+        self.inner.runs.lock().remove(id);
+        let store = Arc::clone(&self.inner.store);
+        tokio::task::spawn_blocking(move || {
+            for namespace in namespaces {
+                store.delete_namespace(&namespace)?;
+            }
+            Ok::<_, agentd_memory::MemoryError>(())
+        })
+        .await
+        .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+        Ok(())
+    }
+
+    /// Whether a run waits for a run slot (see [`RuntimeBuilder::max_running`]).
+    pub fn is_queued(&self, id: &str) -> Result<bool, RuntimeError> {
+        Ok(self.shared(id)?.is_queued())
+    }
+
+    /// Runs waiting for a run slot.
+    pub fn queued_count(&self) -> usize {
+        self.inner.queued.load(Ordering::SeqCst)
+    }
+
+    /// Runs whose orchestrator is active (holding a slot, running or checkpointing nodes).
+    pub fn active_count(&self) -> usize {
+        self.inner.active.load(Ordering::SeqCst)
+    }
+
+    /// Stops dispatching nodes: nodes in flight finish and checkpoint, then each run returns
+    /// without a terminal event (it resumes after a restart); queued runs stay queued. Wait for
+    /// [`Runtime::active_count`] to reach 0, then [`Runtime::close`]. Irreversible.
+    pub fn drain(&self) {
+        self.inner.draining.send_replace(true);
+    }
+
+    /// Maps every run's state through `f` without copying states, keeping the `Some`s (in no
+    /// particular order). Listings over many runs use it.
+    pub fn scan_runs<T>(&self, mut f: impl FnMut(&RunState, bool) -> Option<T>) -> Vec<T> {
+        let runs: Vec<Arc<RunShared>> = self.inner.runs.lock().values().cloned().collect();
+        runs.iter()
+            .filter_map(|r| {
+                let queued = r.is_queued();
+                r.with_state(|s| f(s, queued))
+            })
+            .collect()
     }
 
     fn shared(&self, id: &str) -> Result<Arc<RunShared>, RuntimeError> {

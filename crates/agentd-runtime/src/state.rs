@@ -129,7 +129,9 @@ impl RunState {
             | EventKind::ContextRouted { .. }
             | EventKind::LlmCall { .. }
             | EventKind::ItemsWritten { .. }
-            | EventKind::NodeFailed { .. } => {}
+            | EventKind::NodeFailed { .. }
+            // A deleted run is dropped from the runtime; its status is whatever it was.
+            | EventKind::RunDeleted => {}
         }
     }
 

@@ -1,0 +1,375 @@
+//! `agentd bench serve`: load on the daemon over real HTTP.
+//!
+//! The harness starts, in this process, a fixed-latency OpenAI-compatible responder
+//! ([`MockServer`]) and the daemon ([`agentd_server::Server`] on an ephemeral loopback port,
+//! with the real OpenAI client, durable journal and fsynced memory writes). A client then
+//! submits `runs` runs of a three-node workflow (plan → research → answer) concurrently over
+//! HTTP (retrying 429s after their `Retry-After`) and polls the run listing until every run
+//! has ended.
+//!
+//! Figures: submitted, completed, failed, runs/s (completed over the wall time from the first
+//! submission to the last completion), the daemon's overhead per node (from `node_started` to
+//! its synced `node_finished`, minus the LLM call's latency: routing, prompt, parsing,
+//! write-back, events, checkpoint; measured inside the daemon by its metrics hook), submission
+//! latency, and peak RSS. The peak RSS is the whole process's (daemon, responder and client
+//! together), an upper bound on the daemon's own.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use agentd_llm::testing::{MockReply, MockServer};
+use agentd_server::{Server, ServerConfig};
+use serde::Serialize;
+use serde_json::json;
+
+use super::{percentile, rss_peak_mb};
+
+/// Arguments of `agentd bench serve`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ServeBenchArgs {
+    /// Runs to submit.
+    #[arg(long, default_value_t = 1000)]
+    pub runs: usize,
+    /// Latency of every LLM reply, in ms.
+    #[arg(long, default_value_t = 50)]
+    pub llm_latency_ms: u64,
+    /// Submissions in flight at once (default: all of them).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// The daemon's limit on runs executing at once.
+    #[arg(long, default_value_t = 32)]
+    pub max_running: usize,
+    /// The daemon's run queue capacity.
+    #[arg(long, default_value_t = 2048)]
+    pub queue_capacity: usize,
+    /// Give up waiting for the runs after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout_secs: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Figures of `agentd bench serve`.
+#[derive(Debug, Serialize)]
+pub struct ServeReport {
+    /// Runs submitted (answered 202).
+    pub submitted: usize,
+    /// Runs that finished.
+    pub completed: usize,
+    /// Runs that failed, were cancelled, were never accepted, or had not ended at the timeout.
+    pub failed: usize,
+    /// 429 answers retried by the client.
+    pub retried_429: usize,
+    /// Nodes per run.
+    pub nodes_per_run: usize,
+    /// Latency of every LLM reply (ms).
+    pub llm_latency_ms: u64,
+    /// The daemon's run-slot limit.
+    pub max_running: usize,
+    /// Completed runs per second.
+    pub runs_per_s: f64,
+    /// Wall time from the first submission to the last completion (s).
+    pub wall_s: f64,
+    /// Daemon overhead per node (wall minus LLM time), median (ms).
+    pub overhead_per_node_p50_ms: f64,
+    /// The same, 90th percentile (ms).
+    pub overhead_per_node_p90_ms: f64,
+    /// The same, 99th percentile (ms).
+    pub overhead_per_node_p99_ms: f64,
+    /// The same, worst (ms).
+    pub overhead_per_node_max_ms: f64,
+    /// Nodes measured.
+    pub nodes_measured: usize,
+    /// p99 of each phase of the overhead (ms): routing, act (prompt, events and client
+    /// queueing beyond the LLM latency), write-back (parsing, store write with its fsync),
+    /// checkpoint (journal group commit).
+    pub phase_p99_ms: PhaseFigures,
+    /// Medians of the same phases (ms).
+    pub phase_p50_ms: PhaseFigures,
+    /// `POST /v1/runs` latency, median (ms).
+    pub submit_p50_ms: f64,
+    /// The same, 99th percentile (ms).
+    pub submit_p99_ms: f64,
+    /// Peak resident set size of the process: daemon, responder and client (MiB).
+    pub rss_peak_mb: f64,
+}
+
+/// Figures per phase of a node's overhead.
+#[derive(Debug, Serialize)]
+pub struct PhaseFigures {
+    /// Node start to routed context.
+    pub routing: f64,
+    /// Routed context to the LLM call's return, minus its latency.
+    pub act: f64,
+    /// The call's return to the items written.
+    pub write_back: f64,
+    /// Items written to the synced checkpoint.
+    pub checkpoint: f64,
+}
+
+fn phase_figures(phases: &[agentd_server::metrics::NodePhases], p: f64) -> PhaseFigures {
+    let of = |f: fn(&agentd_server::metrics::NodePhases) -> f64| {
+        let mut v: Vec<f64> = phases.iter().map(f).collect();
+        percentile(&mut v, p)
+    };
+    PhaseFigures {
+        routing: of(|x| x.routing),
+        act: of(|x| x.act),
+        write_back: of(|x| x.write_back),
+        checkpoint: of(|x| x.checkpoint),
+    }
+}
+
+/// The benchmark's workflow: three nodes in a chain, one round.
+pub const WORKFLOW: &str = r#"
+[workflow]
+name = "bench_serve"
+max_rounds = 1
+
+[roles.planner]
+description = "Breaks the question into sub-questions."
+writes = ["plan"]
+prompt = { system = "Plan.", template = "{{task}} {{context}} {{output_format}}" }
+
+[roles.researcher]
+description = "Finds evidence for the sub-questions."
+writes = ["evidence"]
+prompt = { system = "Research.", template = "{{task}} {{context}} {{output_format}}" }
+
+[roles.answerer]
+description = "Answers with cited evidence."
+writes = ["answer"]
+prompt = { system = "Answer.", template = "{{task}} {{context}} {{output_format}}" }
+
+[nodes.plan]
+role = "planner"
+stage = "plan"
+
+[nodes.research]
+role = "researcher"
+stage = "gather"
+after = ["plan"]
+
+[nodes.answer]
+role = "answerer"
+stage = "answer"
+after = ["research"]
+"#;
+
+/// A reply valid for the role whose system prompt the request carries.
+pub fn reply_for(request: &agentd_llm::testing::MockRequest) -> String {
+    let system = request.body["messages"][0]["content"]
+        .as_str()
+        .unwrap_or("");
+    let n = request.seq;
+    match system {
+        "Answer." => {
+            format!(r#"{{"answer": {{"content": "answer {n}", "confidence": 0.9, "cites": []}}}}"#)
+        }
+        "Plan." => format!(
+            r#"{{"items": [{{"kind": "plan", "content": "plan {n}: find the river", "confidence": 0.8}}]}}"#
+        ),
+        _ => format!(
+            r#"{{"items": [{{"kind": "evidence", "content": "evidence {n}: the Seine", "confidence": 0.8}}]}}"#
+        ),
+    }
+}
+
+async fn submit(
+    client: &reqwest::Client,
+    base: &str,
+    i: usize,
+) -> anyhow::Result<(Option<String>, usize, f64)> {
+    let mut retried = 0;
+    loop {
+        let started = Instant::now();
+        let response = client
+            .post(format!("{base}/v1/runs"))
+            .json(&json!({
+                "workflow_toml": WORKFLOW,
+                "input": format!("Which river flows through the capital of country {i}?"),
+            }))
+            .send()
+            .await?;
+        let took = started.elapsed().as_secs_f64() * 1e3;
+        match response.status().as_u16() {
+            202 => {
+                let body: serde_json::Value = response.json().await?;
+                return Ok((body["id"].as_str().map(str::to_owned), retried, took));
+            }
+            429 => {
+                retried += 1;
+                let wait = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                    .unwrap_or(1);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+            }
+            status => {
+                let text = response.text().await.unwrap_or_default();
+                eprintln!("bench serve: submission {i} answered {status}: {text}");
+                return Ok((None, retried, took));
+            }
+        }
+    }
+}
+
+/// Counts runs by status through the listing.
+async fn count_statuses(
+    client: &reqwest::Client,
+    base: &str,
+) -> anyhow::Result<std::collections::HashMap<String, usize>> {
+    let mut counts = std::collections::HashMap::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut url = format!("{base}/v1/runs?limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let page: serde_json::Value = client.get(url).send().await?.json().await?;
+        for run in page["runs"].as_array().into_iter().flatten() {
+            let status = run["status"].as_str().unwrap_or("unknown").to_owned();
+            *counts.entry(status).or_default() += 1;
+        }
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return Ok(counts),
+        }
+    }
+}
+
+/// Runs the benchmark.
+pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
+    if args.runs == 0 || args.max_running == 0 {
+        anyhow::bail!("--runs and --max-running must be at least 1");
+    }
+    let latency = Duration::from_millis(args.llm_latency_ms);
+    let llm = MockServer::with(move |req| MockReply::text(reply_for(req)).after(latency));
+    llm.set_recording(false);
+    let dir = tempfile::tempdir()?;
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: dir.path().join("data"),
+        ..ServerConfig::default()
+    };
+    config.llm.base_url = llm.base_url();
+    config.llm.model = "mock-model".into();
+    config.llm.concurrency = args.max_running;
+    config.llm.max_retries = 0;
+    config.limits.max_running = args.max_running;
+    config.limits.queue_capacity = args.queue_capacity;
+    let server = Server::bind(config).await?;
+    let base = format!("http://{}", server.local_addr()?);
+    let metrics = Arc::clone(&server.state().metrics);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency.unwrap_or(args.runs).min(512))
+        .build()?;
+
+    // Warm up (connections, the router's role vectors, allocators), then forget its figures.
+    eprintln!("bench serve: warm-up");
+    for i in 0..3 {
+        submit(&client, &base, i).await?;
+    }
+    while count_statuses(&client, &base)
+        .await?
+        .get("finished")
+        .copied()
+        .unwrap_or(0)
+        < 3
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    metrics.clear_node_overheads();
+
+    eprintln!(
+        "bench serve: {} runs, LLM latency {} ms, {} run slots",
+        args.runs, args.llm_latency_ms, args.max_running
+    );
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(
+        args.concurrency.unwrap_or(args.runs).max(1),
+    ));
+    let mut tasks = Vec::with_capacity(args.runs);
+    for i in 0..args.runs {
+        let permit = Arc::clone(&semaphore).acquire_owned().await?;
+        let client = client.clone();
+        let base = base.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = submit(&client, &base, 1000 + i).await;
+            drop(permit);
+            result
+        }));
+    }
+    let mut submitted = 0;
+    let mut retried = 0;
+    let mut submit_ms = Vec::with_capacity(args.runs);
+    for task in tasks {
+        match task.await? {
+            Ok((id, r, took)) => {
+                retried += r;
+                submit_ms.push(took);
+                if id.is_some() {
+                    submitted += 1;
+                }
+            }
+            Err(e) => eprintln!("bench serve: a submission failed: {e}"),
+        }
+    }
+    eprintln!(
+        "bench serve: {submitted} submitted in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let warm = 3;
+    let (completed, ended_badly) = loop {
+        let counts = count_statuses(&client, &base).await?;
+        let finished = counts
+            .get("finished")
+            .copied()
+            .unwrap_or(0)
+            .saturating_sub(warm);
+        let bad = counts.get("failed").copied().unwrap_or(0)
+            + counts.get("cancelled").copied().unwrap_or(0);
+        if finished + bad >= submitted || Instant::now() >= deadline {
+            break (finished, bad);
+        }
+        // Polling scans every run: keep it rare enough not to weigh on the figures.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let phases = metrics.node_phases_ms();
+    let mut overheads = metrics.node_overheads_ms();
+    // Close the client's connections first: they hold the daemon's state (and its store).
+    drop(client);
+    let _ = stop_tx.send(());
+    let _ = daemon.await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let failed = args.runs.saturating_sub(completed).max(ended_badly);
+    Ok(ServeReport {
+        submitted,
+        completed,
+        failed,
+        retried_429: retried,
+        nodes_per_run: 3,
+        llm_latency_ms: args.llm_latency_ms,
+        max_running: args.max_running,
+        runs_per_s: completed as f64 / wall,
+        wall_s: wall,
+        overhead_per_node_p50_ms: percentile(&mut overheads, 50.0),
+        overhead_per_node_p90_ms: percentile(&mut overheads, 90.0),
+        overhead_per_node_p99_ms: percentile(&mut overheads, 99.0),
+        overhead_per_node_max_ms: percentile(&mut overheads, 100.0),
+        nodes_measured: overheads.len(),
+        phase_p99_ms: phase_figures(&phases, 99.0),
+        phase_p50_ms: phase_figures(&phases, 50.0),
+        submit_p50_ms: percentile(&mut submit_ms, 50.0),
+        submit_p99_ms: percentile(&mut submit_ms, 99.0),
+        rss_peak_mb: rss_peak_mb(),
+    })
+}
