@@ -19,11 +19,13 @@
 //! - `role` = ½·cos(item, role profile)/max + ½·affinity(producer role → reading role)
 //!   (only the affinity when the role has no profile text);
 //! - `stage` = the stage's priority for the item's kind;
-//! - `query` = ½·BM25/max BM25 + ½·cos(item, query)/max (each normalised over the candidates);
+//! - `query` = 1 when the query names the item's title; otherwise ½·BM25/max BM25 +
+//!   ½·cos(item, query)/max (each normalised over the candidates);
 //! - `recency` = 0.5^((round − item round) / half-life);
 //! - `importance` = the writer's confidence;
-//! - `bridge` = max over linked candidates of their `query` × link weight, minus the item's own
-//!   `query` (floored at 0): what a link adds beyond direct relevance (see [`links`]).
+//! - `bridge` = max over linked candidates of their strength × link weight, minus the item's own
+//!   `query` (floored at 0): what a link adds beyond direct relevance (see [`links`]). Strength
+//!   starts as `query` and travels [`pack::BRIDGE_HOPS`] links (two: bridges of bridges count).
 //!
 //! `total = w_role·role + w_stage·stage + w_query·query + w_recency·recency
 //!  + w_importance·importance + w_bridge·bridge`, and when the item is judged for selection,
@@ -32,9 +34,12 @@
 //!
 //! # Packing
 //!
-//! Greedy by marginal score per token, lazily re-scored as items are selected; when at most
-//! [`pack::EXACT_MAX_ITEMS`] items are eligible, an exact knapsack is solved too and the better
-//! of the two wins. Items larger than the budget are cut at a sentence boundary when their kind
+//! Items whose marginal is below `min_score`, or whose total is below
+//! [`pack::MIN_RELATIVE_SCORE`] × the best candidate's total, are left out even when they fit.
+//! An item is worth `best · (marginal / best)^`[`pack::SHARPNESS`], so one strong
+//! item beats several weak, cheap ones; selection is greedy by that value per token, lazily
+//! re-scored as items are selected; when at most [`pack::EXACT_MAX_ITEMS`] items are eligible,
+//! an exact knapsack over the same values is solved too and the better of the two wins. Items larger than the budget are cut at a sentence boundary when their kind
 //! allows it, and rejected otherwise. The pack never exceeds its budget: every item's cost
 //! includes its layout, and header space is reserved up front.
 //!

@@ -145,7 +145,7 @@ pub fn entities(text: &str) -> Vec<String> {
 }
 
 /// Whether `needle` (lower case) occurs in `haystack_lower` on word boundaries.
-fn mentions(haystack_lower: &str, needle: &str) -> bool {
+pub(crate) fn mentions(haystack_lower: &str, needle: &str) -> bool {
     if needle.len() < 3 {
         return false;
     }

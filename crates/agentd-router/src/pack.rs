@@ -35,6 +35,17 @@ pub const RESCORE_LIMIT: usize = 64;
 pub const EXACT_MAX_ITEMS: usize = 18;
 /// Budgets at most this large allow the exact packer.
 pub const EXACT_MAX_BUDGET: u32 = 16_384;
+/// Items whose total is below this share of the best eligible candidate's total are rejected
+/// as `low_score` even when they fit: a cheap item is not worth packing just because it is
+/// cheap.
+pub const MIN_RELATIVE_SCORE: f32 = 0.5;
+/// Exponent of the packing value: an item is worth `best · (marginal / best)^SHARPNESS`, packed
+/// by value per token. 1 would pack by plain score per token, which favours short, weakly
+/// relevant items; 6 makes one strong item worth more than several weak ones of the same size.
+pub const SHARPNESS: i32 = 6;
+/// Hops over the link graph a bridge score travels: with 2, an item linked to an item linked
+/// to a strong query match still gets a bridge score (three-hop chains).
+pub const BRIDGE_HOPS: usize = 2;
 
 /// Which selection rule to apply.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,17 +300,25 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
     let recency_of: Vec<f32> = (0..16)
         .map(|age| 0.5f32.powf(age as f32 / half_life))
         .collect();
+    let query_lower = ctx.query.to_lowercase();
     for (i, c) in candidates.iter().enumerate() {
         let s = &mut scored[i];
         if s.decision.is_some() {
             continue;
         }
         let bm25 = norm(c.bm25.unwrap_or(0.0), max_bm25);
-        let query = match (ctx.query_vector.is_some(), max_bm25 > 0.0) {
+        let mut query = match (ctx.query_vector.is_some(), max_bm25 > 0.0) {
             (true, true) => 0.5 * bm25 + 0.5 * norm(cos_q[i], max_q),
             (true, false) => norm(cos_q[i], max_q),
             (false, _) => bm25,
         };
+        // The query names the item's title: as relevant as an item can be.
+        if c.item
+            .title()
+            .is_some_and(|t| crate::links::mentions(&query_lower, &t.to_lowercase()))
+        {
+            query = 1.0;
+        }
         let affinity = ctx.role.affinity_for(&c.item.producer.role);
         let role = if ctx.role_vector.is_some() {
             0.5 * norm(cos_r[i], max_r) + 0.5 * affinity
@@ -357,7 +376,15 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
             })
             .collect();
         let graph = LinkGraph::build(&inputs);
-        let strength: Vec<f32> = strongest.iter().map(|&i| scored[i].strength).collect();
+        // Strength travels BRIDGE_HOPS links: after each hop, an item is as strong as its
+        // query relevance or what its strongest neighbour lends it, whichever is more.
+        let mut strength: Vec<f32> = strongest.iter().map(|&i| scored[i].strength).collect();
+        for _ in 1..BRIDGE_HOPS {
+            let lent = graph.bridge_scores(&strength);
+            for (s, b) in strength.iter_mut().zip(lent) {
+                *s = s.max(b);
+            }
+        }
         for (k, b) in graph.bridge_scores(&strength).into_iter().enumerate() {
             let s = &mut scored[strongest[k]];
             // A bridge lends what the item lacks: an item that already matches the query
@@ -549,7 +576,7 @@ impl Ord for Entry {
     }
 }
 
-/// The rcr selection: lazy greedy by marginal score per token, compared with an exact
+/// The rcr selection: lazy greedy by sharpened value per token, compared with an exact
 /// knapsack on small eligible sets; the better objective wins.
 fn select_rcr(
     candidates: &[Candidate],
@@ -568,11 +595,19 @@ fn select_rcr(
     };
 
     // Lazy greedy. Items below the threshold on their own never get in: decide them up front.
+    let best = eligible
+        .iter()
+        .map(|&i| scored[i].score.total)
+        .fold(0.0f32, f32::max)
+        .max(f32::MIN_POSITIVE);
+    // The relative floor judges an item's own relevance (its total), `min_score` its marginal.
+    let floor = w.min_score.max(MIN_RELATIVE_SCORE * best);
+    let value = |x: f32| -> f32 { best * (x.max(0.0) / best).powi(SHARPNESS) };
     let mut outcome: Vec<(usize, Decision)> = Vec::with_capacity(eligible.len());
     let mut min_cost = u32::MAX;
     let mut pool: Vec<usize> = Vec::with_capacity(eligible.len());
     for &i in &eligible {
-        if scored[i].score.total < w.min_score {
+        if scored[i].score.total < floor {
             scored[i].score.marginal = scored[i].score.total;
             outcome.push((
                 i,
@@ -588,7 +623,7 @@ fn select_rcr(
     let mut heap: BinaryHeap<Entry> = pool
         .iter()
         .map(|&i| Entry {
-            density: scored[i].score.total / scored[i].cost.max(1) as f32,
+            density: value(scored[i].score.total) / scored[i].cost.max(1) as f32,
             seq: candidates[i].item.seq,
             index: i,
             seen: 0,
@@ -636,7 +671,7 @@ fn select_rcr(
             }
             e.seen = selected.len();
             let marginal = scored[i].score.total - w.redundancy * max_sim[i];
-            e.density = marginal / scored[i].cost.max(1) as f32;
+            e.density = value(marginal) / scored[i].cost.max(1) as f32;
             rescored += 1;
             // Exact lazy greedy re-queues the item; among many near-ties that re-scores
             // thousands of items per selection. After RESCORE_LIMIT re-scorings the item just
@@ -681,9 +716,9 @@ fn select_rcr(
         let pool: Vec<usize> = eligible
             .iter()
             .copied()
-            .filter(|&i| scored[i].score.total >= w.min_score)
+            .filter(|&i| scored[i].score.total >= floor)
             .collect();
-        let exact = knapsack(&pool, scored, budget);
+        let exact = knapsack(&pool, scored, budget, &value);
         let objective = |set: &[usize]| -> f32 {
             let mut by_score = set.to_vec();
             by_score
@@ -697,7 +732,7 @@ fn select_rcr(
                 if red >= w.duplicate_similarity {
                     return f32::NEG_INFINITY;
                 }
-                total += scored[i].score.total - w.redundancy * red;
+                total += value(scored[i].score.total - w.redundancy * red);
             }
             total
         };
@@ -723,7 +758,7 @@ fn select_rcr(
             }
             for &i in &eligible {
                 if !chosen.contains(&i) {
-                    let reason = if scored[i].score.total < w.min_score {
+                    let reason = if scored[i].score.total < floor {
                         Reason::LowScore
                     } else {
                         Reason::Budget
@@ -741,8 +776,13 @@ fn select_rcr(
     selected
 }
 
-/// 0/1 knapsack over `pool` maximising the sum of totals within `budget` tokens.
-fn knapsack(pool: &[usize], scored: &[Scored], budget: u32) -> Vec<usize> {
+/// 0/1 knapsack over `pool` maximising the sum of `value_of(total)` within `budget` tokens.
+fn knapsack(
+    pool: &[usize],
+    scored: &[Scored],
+    budget: u32,
+    value_of: &dyn Fn(f32) -> f32,
+) -> Vec<usize> {
     let cap = budget as usize;
     let n = pool.len();
     if n == 0 || cap == 0 {
@@ -753,7 +793,7 @@ fn knapsack(pool: &[usize], scored: &[Scored], budget: u32) -> Vec<usize> {
     let mut keep = vec![vec![false; cap + 1]; n];
     for (k, &i) in pool.iter().enumerate() {
         let cost = scored[i].cost as usize;
-        let value = scored[i].score.total;
+        let value = value_of(scored[i].score.total);
         if cost > cap {
             continue;
         }
@@ -1042,6 +1082,125 @@ mod tests {
         assert!(pack.items[1].item.seq < pack.items[2].item.seq);
         let text = pack.render();
         assert!(text.starts_with("## Shared memory\n### task\n"));
+    }
+
+    fn titled(title: &str, content: &str, tokens: u32) -> MemoryItem {
+        let mut it = item(Kind::Document, 3, tokens, "loader");
+        it.payload = Some(serde_json::json!({ "title": title }));
+        it.content = content.into();
+        it
+    }
+
+    #[test]
+    fn an_item_whose_title_the_query_names_has_full_query_relevance() {
+        let f = Fixture::new();
+        let named = titled("Blade Runner", "A 1982 science fiction film.", 10);
+        let other = titled("Runner bean", "A climbing bean.", 10);
+        let top = titled("Harrison Ford", "An American actor.", 10);
+        let (inamed, iother) = (named.id, other.id);
+        let mut ctx = f.ctx(None, Policy::Rcr);
+        ctx.query = "Who directed Blade Runner?";
+        let pack = pack(
+            &[
+                cand(named, vec![1.0], Some(1.0)),
+                cand(other, vec![1.0], Some(1.0)),
+                cand(top, vec![1.0], Some(2.0)),
+            ],
+            &ctx,
+            1000,
+        );
+        assert_eq!(score_of(&pack, inamed).query, 1.0);
+        // "Runner bean" is not named (the whole title, on word boundaries): BM25 alone.
+        assert!((score_of(&pack, iother).query - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn bridge_scores_travel_two_hops() {
+        // question → film (named) → director (named in the film's text) → school (named in
+        // the director's text): the school gets a bridge score through two links.
+        let f = Fixture::new();
+        let film = titled(
+            "Blade Runner",
+            "Blade Runner was directed by Ridley Scott.",
+            10,
+        );
+        let director = titled(
+            "Ridley Scott",
+            "Ridley Scott studied at the Royal College of Art.",
+            10,
+        );
+        let school = titled("Royal College of Art", "A public research university.", 10);
+        let noise = titled("Paris", "Paris is the capital of France.", 10);
+        let ids = [film.id, director.id, school.id, noise.id];
+        let mut ctx = f.ctx(None, Policy::Rcr);
+        ctx.query = "Where did the director of Blade Runner study?";
+        let pack = pack(
+            &[
+                cand(film, vec![1.0], Some(3.0)),
+                cand(director, vec![1.0], None),
+                cand(school, vec![1.0], None),
+                cand(noise, vec![1.0], None),
+            ],
+            &ctx,
+            1000,
+        );
+        let s: Vec<ScoreBreakdown> = ids.iter().map(|&id| score_of(&pack, id)).collect();
+        assert_eq!(s[0].query, 1.0);
+        assert!((s[1].bridge - 1.0).abs() < 1e-6, "one hop: {:?}", s[1]);
+        assert!((s[2].bridge - 1.0).abs() < 1e-6, "two hops: {:?}", s[2]);
+        assert_eq!(s[3].bridge, 0.0);
+    }
+
+    #[test]
+    fn items_far_below_the_best_are_not_packed_just_because_they_fit() {
+        let mut f = Fixture::new();
+        f.weights.role = 0.0;
+        f.weights.stage = 0.0;
+        f.weights.recency = 0.0;
+        f.weights.importance = 0.0;
+        f.weights.min_score = 0.0;
+        let strong = item(Kind::Fact, 3, 10, "r");
+        let weak = item(Kind::Fact, 3, 10, "r");
+        let (istrong, iweak) = (strong.id, weak.id);
+        let cands = [
+            cand(strong, vec![1.0, 0.0], Some(10.0)),
+            cand(weak, vec![0.0, 1.0], Some(3.0)),
+        ];
+        let p = pack(&cands, &f.ctx(None, Policy::Rcr), 1000);
+        assert!(p.manifest.selected().contains(&istrong));
+        let e = p.manifest.entries.iter().find(|e| e.id == iweak).unwrap();
+        assert_eq!(
+            e.decision,
+            Decision::Rejected {
+                reason: Reason::LowScore
+            },
+            "0.3 of the best is under the 0.5 floor"
+        );
+    }
+
+    #[test]
+    fn sharpness_prefers_one_strong_item_to_several_weak_cheap_ones() {
+        // Budget for either the strong item (100 tokens) or the three weak ones (30 each).
+        // By plain score per token two weak ones win (2 × 0.6 > 1.0); sharpened, the strong
+        // one does.
+        let mut f = Fixture::new();
+        f.weights.role = 0.0;
+        f.weights.stage = 0.0;
+        f.weights.recency = 0.0;
+        f.weights.importance = 0.0;
+        f.weights.min_score = 0.0;
+        f.weights.redundancy = 0.0;
+        let strong = item(Kind::Fact, 3, 100, "r");
+        let istrong = strong.id;
+        let mut cands = vec![cand(strong, vec![1.0, 0.0, 0.0, 0.0], Some(10.0))];
+        for k in 1..4 {
+            let mut v = vec![0.0; 4];
+            v[k] = 1.0;
+            cands.push(cand(item(Kind::Fact, 3, 30, "r"), v, Some(6.0)));
+        }
+        let budget = HEADER_TOKENS + GROUP_HEADER_TOKENS + 100 + ITEM_OVERHEAD_TOKENS;
+        let sharp = pack(&cands, &f.ctx(None, Policy::Rcr), budget);
+        assert_eq!(sharp.manifest.selected(), vec![istrong]);
     }
 
     #[test]
