@@ -60,7 +60,8 @@ pub struct RuntimeReport {
     pub overhead_durable_p50_us: f64,
     /// p99 of the same.
     pub overhead_durable_p99_us: f64,
-    /// One fsync of a small append on this disk, median (µs).
+    /// One fsync of a small append on this disk, median of samples taken before and after the
+    /// phases (µs).
     pub fsync_p50_us: f64,
     /// `overhead_durable_p50_us / fsync_p50_us`.
     pub durable_over_fsync: f64,
@@ -244,7 +245,8 @@ fn overheads_us(timings: &[(Duration, Duration)]) -> Vec<f64> {
         .collect()
 }
 
-fn fsync_p50_us() -> anyhow::Result<f64> {
+/// Samples of one fsync of a small append (µs).
+fn fsync_samples_us() -> anyhow::Result<Vec<f64>> {
     use std::io::Write;
     let dir = tempfile::tempdir()?;
     let mut file = std::fs::OpenOptions::new()
@@ -258,7 +260,7 @@ fn fsync_p50_us() -> anyhow::Result<f64> {
         file.sync_data()?;
         samples.push(t.elapsed().as_secs_f64() * 1e6);
     }
-    Ok(percentile(&mut samples, 50.0))
+    Ok(samples)
 }
 
 /// Runs the benchmark.
@@ -272,6 +274,9 @@ pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
     );
     let nodes_per_run = workflow.nodes.len() * workflow.max_rounds as usize;
 
+    // The disk's fsync cost drifts with the machine's other I/O: sample it before and after
+    // the phases, and compare against the median of both.
+    let mut fsync_us = fsync_samples_us()?;
     eprintln!("bench runtime: sequential, checkpoints off");
     let off = phase(
         &workflow,
@@ -308,7 +313,8 @@ pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
         !args.store_buffered,
     )
     .await?;
-    let fsync = fsync_p50_us()?;
+    fsync_us.extend(fsync_samples_us()?);
+    let fsync = percentile(&mut fsync_us, 50.0);
 
     let mut off_us = overheads_us(&off.timings);
     let mut durable_us = overheads_us(&durable.timings);

@@ -34,7 +34,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::{Mutex, MutexGuard};
 use tokio::sync::Notify;
@@ -119,6 +119,8 @@ pub struct Journal {
     durable: AtomicU64,
     /// Wakes callers waiting for a leader's sync.
     synced: Notify,
+    /// Synced appends in progress (a leader alone does not hand its thread's tasks over).
+    syncing: AtomicUsize,
 }
 
 impl Journal {
@@ -170,6 +172,7 @@ impl Journal {
                 }),
                 durable: AtomicU64::new(0),
                 synced: Notify::new(),
+                syncing: AtomicUsize::new(0),
             },
             events,
         ))
@@ -196,6 +199,8 @@ impl Journal {
     pub async fn append_synced(&self, event: &Event) -> Result<(), JournalError> {
         let upto = self.push(event);
         let sync = self.durability == Durability::Durable;
+        self.syncing.fetch_add(1, Ordering::Relaxed);
+        let _syncing = DecrementOnDrop(&self.syncing);
         loop {
             let notified = self.synced.notified();
             tokio::pin!(notified);
@@ -205,8 +210,11 @@ impl Journal {
                 return Ok(());
             }
             if let Some(writer) = self.writer.try_lock() {
-                return if sync && can_block_in_place() {
-                    // The executor moves this thread's other tasks elsewhere while it syncs.
+                // With other appends in flight, runs are busy: the executor moves this thread's
+                // other tasks to another thread while it syncs. Alone, the hand-over would only
+                // add latency.
+                let busy = self.syncing.load(Ordering::Relaxed) > 1;
+                return if sync && busy && can_block_in_place() {
                     tokio::task::block_in_place(|| self.lead(writer, upto, sync))
                 } else {
                     self.lead(writer, upto, sync)
@@ -295,6 +303,15 @@ impl Journal {
 impl Drop for Journal {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+/// Decrements a counter when dropped (also when the future holding it is dropped).
+struct DecrementOnDrop<'a>(&'a AtomicUsize);
+
+impl Drop for DecrementOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
