@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use agentd::llm::testing::{MockReply, MockServer};
+use agentd::llm::testing::{MockReply, MockRequest, MockServer};
 
 fn agentd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_agentd"));
@@ -315,6 +315,8 @@ fn eval_routes_real_questions_and_reports_recall_per_policy() {
         eprintln!("skipped: {} is missing", data.display());
         return;
     }
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("sweep.svg");
     let out = run(agentd()
         .args([
             "eval",
@@ -325,8 +327,20 @@ fn eval_routes_real_questions_and_reports_recall_per_policy() {
             "--data",
         ])
         .arg(&data)
-        .args(["--policy", "rcr,full,static", "--budgets", "role,512"]));
+        .args([
+            "--policy",
+            "rcr,full,static",
+            "--budgets",
+            "role,512",
+            "--svg",
+        ])
+        .arg(&svg));
     assert!(out.status.success());
+    // The budget sweep's plot: one line per policy (two budgets each).
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert!(plot.starts_with("<svg") && plot.trim_end().ends_with("</svg>"));
+    assert!(plot.matches("<polyline").count() >= 3, "{plot}");
+    assert!(plot.contains(">rcr</text>") && plot.contains(">full</text>"));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let results = report["results"].as_array().unwrap();
     let row = |policy: &str, budget: u64| {
@@ -343,8 +357,180 @@ fn eval_routes_real_questions_and_reports_recall_per_policy() {
     assert!(recall > 0.0 && recall <= 1.0, "{rcr}");
     assert!(rcr["token_share"].as_f64().unwrap() < 1.0, "{rcr}");
 
-    // Without --routing-only: a clear refusal, not a crash.
+    // Neither --routing-only nor --llm-url: a clear refusal, not a crash.
     let out = run(agentd().args(["eval", "--data"]).arg(&data));
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--routing-only"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--routing-only") && stderr.contains("--llm-url"));
+}
+
+/// A reply of a scripted LLM for `agentd eval` end to end: the answerer (the role whose
+/// JSON schema has an `answer`) answers "Paris" citing the first item it sees; every other
+/// role writes one item.
+fn eval_reply(req: &MockRequest) -> MockReply {
+    let user = req.last_user_message().unwrap_or("");
+    let cite = user
+        .split("- [")
+        .nth(1)
+        .and_then(|s| s.get(..8))
+        .unwrap_or_default();
+    let schema = &req.body["response_format"]["json_schema"]["schema"]["properties"];
+    if schema.get("answer").is_some() {
+        return MockReply::text(format!(
+            r#"{{"answer": {{"content": "Paris", "confidence": 0.9, "cites": ["{cite}"]}}}}"#
+        ));
+    }
+    let kind = schema["items"]["items"]["properties"]["kind"]["enum"][0]
+        .as_str()
+        .unwrap_or("note");
+    MockReply::text(format!(
+        r#"{{"items": [{{"kind": "{kind}", "content": "a step", "confidence": 0.5, "cites": ["{cite}"]}}]}}"#
+    ))
+}
+
+/// Parses an end-to-end report and checks what every report must hold.
+fn check_e2e_report(report: &serde_json::Value, questions: u64) {
+    assert_eq!(report["count"], questions);
+    assert_eq!(report["max_rounds"], 1);
+    assert_eq!(report["config"]["max_rounds"], 1);
+    let row = |policy: &str| {
+        report["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["policy"] == policy)
+            .unwrap_or_else(|| panic!("no {policy} row"))
+            .clone()
+    };
+    let (rcr, full) = (row("rcr"), row("full"));
+    for r in [&rcr, &full] {
+        assert_eq!(r["questions"], questions, "{r}");
+        assert_eq!(r["finished"], questions, "{r}");
+        for metric in ["exact_match", "f1", "aqs", "grounding", "completeness"] {
+            let v = r[metric].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&v), "{metric} = {v}");
+        }
+        assert!(r["usage"]["prompt_tokens"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            r["usage"]["completion_tokens"].as_f64().unwrap() > 0.0,
+            "{r}"
+        );
+        assert!(r["usage"]["calls"].as_f64().unwrap() >= 4.0, "{r}");
+        assert!(r["by_role"]["answerer"]["prompt_tokens"].as_f64().unwrap() > 0.0);
+        assert!(r["by_round"]["1"]["calls"].as_f64().unwrap() >= 4.0, "{r}");
+        assert!(r["wall_secs"].as_f64().unwrap() > 0.0);
+    }
+    // The full context costs more prompt tokens than rcr's packs.
+    let share = rcr["prompt_share"].as_f64().unwrap();
+    assert!(
+        share > 0.0 && share < 1.0,
+        "rcr's share of full's prompt tokens: {share}"
+    );
+    let runs = report["questions"].as_array().unwrap();
+    assert_eq!(runs.len() as u64, 2 * questions);
+}
+
+#[test]
+fn eval_end_to_end_runs_the_workflow_per_question_and_policy() {
+    let data = repo().join("../shared/data/mhqa/hotpotqa.jsonl");
+    if !data.exists() {
+        eprintln!("skipped: {} is missing", data.display());
+        return;
+    }
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _guard = rt.enter();
+    let server = MockServer::with(eval_reply);
+    let dir = tempfile::tempdir().unwrap();
+    let json_file = dir.path().join("e2e.json");
+    let out = run(agentd()
+        .args(["eval", "--data"])
+        .arg(&data)
+        .args([
+            "--policy",
+            "rcr,full",
+            "--limit",
+            "2",
+            "--max-rounds",
+            "1",
+            "--max-tokens",
+            "64",
+            "--llm-url",
+            &server.base_url(),
+            "--model",
+            "mock",
+            "--judge-url",
+            &server.base_url(),
+            "--out",
+        ])
+        .arg(&json_file));
+    assert!(out.status.success());
+    // Markdown on stdout, the JSON report in the file.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("| rcr |") && stdout.contains("Per role"),
+        "{stdout}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&json_file).unwrap()).unwrap();
+    check_e2e_report(&report, 2);
+    assert_eq!(report["config"]["llm"]["model"], "mock");
+    // The judge got the same scripted server: its replies are garbage to it, and tolerated.
+    let judged: u64 = report["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["judge_failures"].as_u64().unwrap() + r["judged"].as_u64().unwrap())
+        .sum();
+    assert_eq!(judged, 4);
+    // Every request named the model and carried the seed.
+    for body in server.bodies() {
+        assert_eq!(body["model"], "mock");
+        assert_eq!(body["seed"], 0);
+    }
+
+    // A routing-only flag and an LLM URL contradict each other.
+    let out = run(agentd()
+        .args(["eval", "--routing-only", "--data"])
+        .arg(&data)
+        .args(["--llm-url", &server.base_url()]));
+    assert!(!out.status.success());
+}
+
+/// The end-to-end evaluation on the local llama.cpp server, when AGENTD_LLM_URL points at
+/// one (required under AGENTD_REQUIRE_LLM=1): one real question, one round, both policies.
+#[test]
+fn eval_end_to_end_on_the_local_llm() {
+    let Ok(url) = std::env::var("AGENTD_LLM_URL") else {
+        assert!(
+            std::env::var("AGENTD_REQUIRE_LLM").is_err(),
+            "AGENTD_REQUIRE_LLM is set but AGENTD_LLM_URL is not: start scripts/local-llm.sh"
+        );
+        eprintln!("skipped: no AGENTD_LLM_URL");
+        return;
+    };
+    let data = repo().join("../shared/data/mhqa/hotpotqa.jsonl");
+    if !data.exists() {
+        eprintln!("skipped: {} is missing", data.display());
+        return;
+    }
+    let out = run(agentd()
+        .args(["eval", "--json", "--data"])
+        .arg(&data)
+        .args([
+            "--policy",
+            "rcr,full",
+            "--limit",
+            "1",
+            "--max-rounds",
+            "1",
+            "--max-tokens",
+            "48",
+            "--concurrency",
+            "2",
+            "--llm-url",
+            &url,
+        ]));
+    assert!(out.status.success(), "the evaluation failed");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    check_e2e_report(&report, 1);
 }

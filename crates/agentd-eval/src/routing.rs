@@ -244,6 +244,9 @@ pub enum EvalError {
     /// Routing failed.
     #[error(transparent)]
     Route(#[from] RouteError),
+    /// The runtime failed (end-to-end mode).
+    #[error(transparent)]
+    Runtime(#[from] agentd_runtime::RuntimeError),
 }
 
 /// Running sums of one row.
@@ -603,7 +606,7 @@ fn select_nodes<'w>(
 }
 
 /// A seeded sample of `n` questions, kept in file order.
-fn sample(questions: Vec<Question>, n: usize, seed: u64) -> Vec<Question> {
+pub(crate) fn sample(questions: Vec<Question>, n: usize, seed: u64) -> Vec<Question> {
     if n >= questions.len() {
         return questions;
     }

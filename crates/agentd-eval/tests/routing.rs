@@ -84,7 +84,7 @@ fn routing_eval_on_hotpotqa_is_sane_and_deterministic() {
         }
     }
     let role = report.result("rcr", &BudgetSpec::Role, "answer").unwrap();
-    assert_eq!(role.budget, 1200);
+    assert_eq!(role.budget, 600);
 
     // Same configuration, same results.
     let again = run_routing_eval(&cfg, |_, _| {}).unwrap();
