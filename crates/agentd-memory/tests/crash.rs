@@ -16,33 +16,43 @@ use agentd_memory::{Filter, ItemId, Kind, MemoryStore, NewItem, Page, SearchMode
 
 const CHILD_ENV: &str = "AGENTD_CRASH_CHILD";
 const BATCH: usize = 50;
+/// Writer threads in the child.
+const WRITERS: u64 = 3;
 
-/// The child: ingest forever, printing the ids of each batch once `put_batch` returned.
+/// The child: ingest forever on several threads (so writes share fsyncs through the store's
+/// group commit), printing the ids of each batch once `put_batch` returned.
 #[test]
 fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return; // Only meaningful when spawned by the parent test.
     };
     let store = common::open(std::path::Path::new(&dir));
-    let mut n = 0u64;
-    loop {
-        let batch: Vec<NewItem> = (0..BATCH)
-            .map(|_| {
-                n += 1;
-                NewItem::new(
-                    "ingest",
-                    Kind::Document,
-                    format!("uniqueword{n} {}", common::synthetic_text(n)),
-                )
-            })
-            .collect();
-        let stored = store.put_batch(batch).expect("put_batch");
-        let line: Vec<String> = stored
-            .iter()
-            .map(|i| format!("{}={}", i.id, i.content.split(' ').next().unwrap()))
-            .collect();
-        println!("ACK {}", line.join(","));
-    }
+    std::thread::scope(|scope| {
+        for thread in 0..WRITERS {
+            let store = &store;
+            scope.spawn(move || {
+                let mut n = thread * 1_000_000_000;
+                loop {
+                    let batch: Vec<NewItem> = (0..BATCH)
+                        .map(|_| {
+                            n += 1;
+                            NewItem::new(
+                                "ingest",
+                                Kind::Document,
+                                format!("uniqueword{n} {}", common::synthetic_text(n)),
+                            )
+                        })
+                        .collect();
+                    let stored = store.put_batch(batch).expect("put_batch");
+                    let line: Vec<String> = stored
+                        .iter()
+                        .map(|i| format!("{}={}", i.id, i.content.split(' ').next().unwrap()))
+                        .collect();
+                    println!("ACK {}", line.join(","));
+                }
+            });
+        }
+    });
 }
 
 /// Reads one whole line of the child's output; records the items of an `ACK` line. `None` at

@@ -11,18 +11,27 @@
 //! Keys in sled: `i<id>` item record, `v<id>` embedding (f32 little-endian), `m<name>` metadata,
 //! `d<namespace>` a namespace deletion not yet applied to the text index.
 //!
-//! A write goes, under the writer lock: validate; assign ids, sequence numbers and versions
-//! (the numbers are spent from here on, whatever happens); queue the text-index documents
-//! (tantivy's indexing thread starts on them); count tokens and embed; then write sled (one
-//! atomic batch, and an fsync under [`Durability::Fsync`]); then make the documents searchable;
-//! then publish to the in-memory catalog and vectors, and acknowledge. Making the documents
-//! searchable is cheap for a small batch: they join the text index's in-memory tail, which
-//! BM25 searches score exactly like committed documents. A large batch, or one that fills the
-//! tail, commits the text index instead, side by side with the sled write. If the sled write
-//! fails nothing is stored; if an index commit fails the items are taken back out of sled.
-//! Either way the batch's sequence numbers are never reused, so index documents of a failed
-//! write are orphans the catalog never admits. After a crash, items newer than the text index's
-//! commit watermark (the tail's, at least) are re-indexed on open (replacing any document with
+//! A small write (the agents' write-back) counts tokens, embeds and analyses its text first,
+//! outside any lock. Then, under the writer lock: assign sequence numbers and versions (the
+//! numbers are spent from here on, whatever happens); write sled (one atomic batch, no fsync);
+//! append the documents to the text index's in-memory tail, which BM25 searches score exactly
+//! like committed documents; publish to the in-memory catalog and vectors. After the lock, under
+//! [`Durability::Fsync`], the write waits for a sled flush that started after it was applied:
+//! one writer flushes for all the writes queued behind the flush in progress (group commit), and
+//! the write is acknowledged. A write is thus visible to searches a little before it is durable,
+//! never acknowledged before; sled recovers a prefix of its log, so a crash keeps a prefix of
+//! the writes. A write whose flush fails reports the error but stays visible, and a later flush
+//! may still make it durable: as with any failed fsync, its outcome is unknown.
+//! When the tail is full, a committer thread commits it to tantivy off the write path (see
+//! `text.rs`).
+//!
+//! A large batch (bulk ingest) goes under the writer lock from the start: its documents go to
+//! tantivy's index writer first (its indexing thread works on them while this thread counts
+//! tokens and embeds), then sled's write with its fsync and the text index commit run side by
+//! side. If the sled write fails nothing is stored; if the index commit fails the items are
+//! taken back out of sled. Either way the batch's sequence numbers are never reused, so index
+//! documents of a failed write are orphans the catalog never admits. After a crash, items newer
+//! than the text index's commit watermark are re-indexed on open (replacing any document with
 //! the same sequence number), so nothing acknowledged is lost or duplicated; an index that may
 //! have lost writes to a machine crash, or that tantivy cannot open, is rebuilt from sled.
 //! Embeddings of a batch are stored as one sled value (see [`encode_blob`]).
@@ -40,7 +49,7 @@ use serde::{Deserialize, Serialize};
 
 use super::catalog::{Catalog, CompiledFilter, Sym};
 use super::phases::Phases;
-use super::text::{Pushdown, TextIndex, TextWriter};
+use super::text::{Pushdown, TailFill, TextIndex, TextWriter};
 use super::vectors::VectorIndex;
 use super::{MemoryStore, NamespaceStats, Page, SearchHit, SearchMode, SearchQuery};
 use crate::embed::Embedder;
@@ -153,8 +162,34 @@ struct State {
 
 /// What only the (single) writer touches.
 struct Writer {
-    index: TextWriter,
     next_seq: u64,
+}
+
+/// The text index with its writer, shared with the committer thread (see `text.rs`). Lock
+/// order: the store's writer, then the index writer.
+struct Text {
+    index: TextIndex,
+    writer: Mutex<TextWriter>,
+    /// Set when the committer should commit the tail (or stop).
+    wake: Mutex<bool>,
+    wake_cv: Condvar,
+    shutdown: std::sync::atomic::AtomicBool,
+}
+
+impl Text {
+    fn wake_committer(&self) {
+        *self.wake.lock() = true;
+        self.wake_cv.notify_one();
+    }
+}
+
+/// Group commit of sled: one fsync covers every write applied before it started.
+#[derive(Default)]
+struct SyncState {
+    /// Every item with a sequence number up to this one is durable.
+    durable: u64,
+    /// A writer is flushing sled on everyone's behalf.
+    flushing: bool,
 }
 
 /// Shared between the store and its background graph builder.
@@ -174,10 +209,15 @@ struct Shared {
 pub struct EmbeddedStore {
     path: PathBuf,
     db: sled::Db,
-    text: TextIndex,
+    text: Arc<Text>,
     writer: Mutex<Writer>,
+    /// Sequence number of the newest item applied to sled (maybe not yet durable).
+    applied_seq: std::sync::atomic::AtomicU64,
+    sync: Mutex<SyncState>,
+    sync_cv: Condvar,
     shared: Arc<Shared>,
     builder: Option<JoinHandle<()>>,
+    committer: Option<JoinHandle<()>>,
     embedder: Arc<dyn Embedder>,
     token_counter: Arc<dyn TokenCounter>,
     durability: Durability,
@@ -341,7 +381,7 @@ impl EmbeddedStore {
                 watermark,
                 "catching up the text index"
             );
-            text.commit(&mut index_writer, next_seq - 1)?;
+            text.commit(&mut index_writer, Some(next_seq - 1))?;
             let mut batch = sled::Batch::default();
             for entry in db.scan_prefix(b"d") {
                 batch.remove(entry?.0);
@@ -365,16 +405,34 @@ impl EmbeddedStore {
                 .spawn(move || build_graphs(&shared))
                 .map_err(|e| MemoryError::io("starting the vector index builder", e))?
         };
+        let text = Arc::new(Text {
+            index: text,
+            writer: Mutex::new(index_writer),
+            wake: Mutex::new(false),
+            wake_cv: Condvar::new(),
+            shutdown: std::sync::atomic::AtomicBool::new(false),
+        });
+        let committer = {
+            let text = Arc::clone(&text);
+            std::thread::Builder::new()
+                .name("agentd-text".into())
+                .spawn(move || commit_text(&text))
+                .map_err(|e| MemoryError::io("starting the text index committer", e))?
+        };
         Ok(EmbeddedStore {
             path,
             db,
             text,
-            writer: Mutex::new(Writer {
-                index: index_writer,
-                next_seq,
+            writer: Mutex::new(Writer { next_seq }),
+            applied_seq: std::sync::atomic::AtomicU64::new(next_seq - 1),
+            sync: Mutex::new(SyncState {
+                durable: next_seq - 1,
+                flushing: false,
             }),
+            sync_cv: Condvar::new(),
             shared,
             builder: Some(builder),
+            committer: Some(committer),
             embedder: options.embedder,
             token_counter: options.token_counter,
             durability: options.durability,
@@ -446,24 +504,273 @@ impl EmbeddedStore {
         self.shared.wake_cv.notify_one();
     }
 
-    /// After a failure of the text index writer: rolls it back to its last commit and queues
-    /// the tail's documents again (they are acknowledged, in sled and searchable through the
-    /// tail, and must reach the next commit). Failures are logged: the items stay safe in sled
-    /// and the catch-up on the next open indexes them.
-    fn reset_text_writer(&self, writer: &mut Writer) {
-        let mut requeue = || -> Result<usize> {
-            writer.index.rollback()?;
-            let ids = self.text.tail_ids();
-            for id in &ids {
-                if let Some(item) = read_item(&self.path, &self.db, id)? {
-                    self.text.add(&writer.index, &item, false)?;
-                }
+    /// Waits until every item up to `seq` (already applied to sled) is durable: flushes sled
+    /// unless another writer's flush, started after the item was applied, covers it (group
+    /// commit: one fsync for all the writes that queue behind the one in progress).
+    fn sync_through(&self, seq: u64) -> Result<()> {
+        let mut sync = self.sync.lock();
+        loop {
+            if sync.durable >= seq {
+                return Ok(());
             }
-            Ok(ids.len())
-        };
-        if let Err(e) = requeue() {
-            tracing::error!(path = %self.path.display(), error = %e, "could not reset the text index writer; unindexed items will be indexed on the next open");
+            if !sync.flushing {
+                break;
+            }
+            self.sync_cv.wait(&mut sync);
         }
+        sync.flushing = true;
+        drop(sync);
+        let target = self.applied_seq.load(Ordering::Acquire);
+        let flushed = self.db.flush();
+        let mut sync = self.sync.lock();
+        sync.flushing = false;
+        if flushed.is_ok() {
+            sync.durable = sync.durable.max(target);
+        }
+        drop(sync);
+        self.sync_cv.notify_all();
+        flushed?;
+        Ok(())
+    }
+
+    /// Counts tokens of the batch's items (on several threads for a batch of some size: a
+    /// count costs tens of microseconds).
+    fn count_tokens(&self, stored: &mut [MemoryItem]) {
+        let counter = &self.token_counter;
+        let tokens: Vec<u32> = if stored.len() < PARALLEL_TOKENS_MIN {
+            stored.iter().map(|i| counter.count(&i.content)).collect()
+        } else {
+            stored
+                .par_iter()
+                .map(|i| counter.count(&i.content))
+                .collect()
+        };
+        for (item, t) in stored.iter_mut().zip(tokens) {
+            item.tokens = t;
+        }
+    }
+
+    /// Assigns sequence numbers (spent from here on whatever happens: never reused, so index
+    /// documents of a failed write can never be mistaken for a later item) and versions
+    /// (after the current version of the key, or an earlier item of the batch). Returns the
+    /// first sequence number.
+    fn assign(&self, writer: &mut Writer, stored: &mut [MemoryItem]) -> u64 {
+        let state = self.shared.state.read();
+        let mut batch_versions: HashMap<(&str, &str), u32> = HashMap::new();
+        let first_seq = writer.next_seq;
+        for (i, item) in stored.iter_mut().enumerate() {
+            item.seq = first_seq + i as u64;
+            item.version = match item.key.as_deref() {
+                None => 1,
+                Some(key) => {
+                    let prev = batch_versions
+                        .get(&(item.namespace.as_str(), key))
+                        .copied()
+                        .or_else(|| {
+                            state
+                                .catalog
+                                .current_version(&item.namespace, key)
+                                .map(|(_, v)| v)
+                        });
+                    let v = prev.map_or(1, |p| p + 1);
+                    batch_versions.insert((item.namespace.as_str(), key), v);
+                    v
+                }
+            };
+        }
+        writer.next_seq = first_seq + stored.len() as u64;
+        first_seq
+    }
+
+    /// Writes a batch to sled as one atomic batch, flushing it when `flush`.
+    fn write_sled(
+        &self,
+        stored: &[MemoryItem],
+        vectors: &[Vec<f32>],
+        first_seq: u64,
+        flush: bool,
+    ) -> std::result::Result<(), sled::Error> {
+        let mut phases = Phases::start();
+        let mut batch = sled::Batch::default();
+        for item in stored {
+            batch.insert(&item_key(&item.id)[..], encode_item(item));
+        }
+        batch.insert(
+            &blob_key(first_seq)[..],
+            encode_blob(stored, vectors, self.embedder.dimension()),
+        );
+        let next_seq = first_seq + stored.len() as u64;
+        batch.insert(meta_key("next_seq"), &next_seq.to_be_bytes()[..]);
+        phases.lap("sled_encode");
+        self.db.apply_batch(batch)?;
+        phases.lap("sled_apply");
+        if flush {
+            self.db.flush()?;
+            phases.lap("sled_flush");
+        }
+        Ok(())
+    }
+
+    /// Publishes a written batch to the catalog and the vectors (searchable from here on) and
+    /// records whether an item of the batch is superseded by a later one of the same batch.
+    /// Returns whether a namespace has an approximate vector index to grow.
+    fn publish(&self, stored: &mut [MemoryItem], vectors: &[Vec<f32>]) -> bool {
+        let mut grew_large = false;
+        let mut state = self.shared.state.write();
+        let State {
+            catalog,
+            vectors: vindex,
+        } = &mut *state;
+        for (item, vector) in stored.iter().zip(vectors) {
+            let ns = catalog.syms.intern(&item.namespace);
+            let row = vindex.next_row(ns);
+            let slot = catalog.insert(item, row);
+            vindex.push(ns, slot, vector);
+            grew_large |= vindex.spaces[&ns].ann.is_some();
+        }
+        for item in stored.iter_mut() {
+            if item.key.is_some()
+                && let Some(slot) = catalog.slot_of_id(&item.id)
+            {
+                item.superseded = catalog.entry(slot).superseded;
+            }
+        }
+        grew_large
+    }
+
+    /// After a batch is published: lets the graph builder know.
+    fn published(&self, last_seq: u64, grew_large: bool) {
+        self.shared.last_seq.store(last_seq, Ordering::Release);
+        self.shared.last_write_ms.store(now_ms(), Ordering::Release);
+        if grew_large {
+            self.wake_builder();
+        }
+    }
+
+    /// A small batch: everything that needs no sequence number (token counts, embeddings, text
+    /// analysis) happens before the writer lock; under it, sled's write (no fsync), the text
+    /// index's tail and the catalog; after it, the group fsync.
+    fn put_small(&self, mut stored: Vec<MemoryItem>) -> Result<Vec<MemoryItem>> {
+        let mut phases = Phases::start();
+        self.count_tokens(&mut stored);
+        phases.lap("tokens");
+        let vectors = embed_parallel(self.embedder.as_ref(), &stored)?;
+        phases.lap("embed");
+        let mut analysed: Vec<_> = stored.iter().map(|i| self.text.index.analyse(i)).collect();
+        phases.lap("analyse");
+
+        let mut writer = self.writer.lock();
+        phases.lap("lock");
+        let first_seq = self.assign(&mut writer, &mut stored);
+        let last_seq = writer.next_seq - 1;
+        for (a, item) in analysed.iter_mut().zip(&stored) {
+            a.assign(item.id, item.seq);
+        }
+        self.write_sled(&stored, &vectors, first_seq, false)?;
+        let fill = self.text.index.append_tail(analysed);
+        if fill == TailFill::Overfull {
+            // The committer is falling behind: commit here, holding up other writers.
+            let mut index = self.text.writer.lock();
+            if let Err(e) = self.text.index.commit(&mut index, None) {
+                // The items are in sled and searchable through the tail; the next commit
+                // (or the catch-up on the next open) indexes them.
+                tracing::error!(path = %self.path.display(), error = %e, "committing the text index");
+            }
+        }
+        let grew_large = self.publish(&mut stored, &vectors);
+        self.applied_seq.store(last_seq, Ordering::Release);
+        drop(writer);
+        phases.lap("publish");
+        self.published(last_seq, grew_large);
+        if fill == TailFill::Full {
+            self.text.wake_committer();
+        }
+        if self.durability == Durability::Fsync {
+            self.sync_through(last_seq)?;
+            phases.lap("sync");
+        }
+        Ok(stored)
+    }
+
+    /// A large batch, under the writer lock: queue the text index documents (tantivy's
+    /// indexing thread works on them while this thread counts tokens and embeds), then write
+    /// sled (with its fsync) and commit the text index side by side, then publish.
+    fn put_large(&self, mut stored: Vec<MemoryItem>) -> Result<Vec<MemoryItem>> {
+        let mut phases = Phases::start();
+        let mut writer = self.writer.lock();
+        phases.lap("lock");
+        let first_seq = self.assign(&mut writer, &mut stored);
+        let last_seq = writer.next_seq - 1;
+        let mut index = self.text.writer.lock();
+        phases.lap("assign");
+        // Sequence numbers are fresh (never indexed, never reused), so no delete is needed. If
+        // anything fails from here on, queued documents are orphans the catalog never admits.
+        if let Err(e) = stored
+            .iter()
+            .try_for_each(|item| self.text.index.add(&index, item, false))
+        {
+            if let Err(rollback) = index.rollback() {
+                tracing::error!(path = %self.path.display(), error = %rollback, "rolling back the text index writer");
+            }
+            return Err(e);
+        }
+        phases.lap("text_add");
+        self.count_tokens(&mut stored);
+        phases.lap("tokens");
+        let vectors = embed_parallel(self.embedder.as_ref(), &stored)?;
+        phases.lap("embed");
+
+        let flush = self.durability == Durability::Fsync;
+        let (stored_ok, indexed) = std::thread::scope(|scope| {
+            let sled_side = scope.spawn(|| self.write_sled(&stored, &vectors, first_seq, flush));
+            let indexed = self.text.index.commit(&mut index, Some(last_seq));
+            let stored_ok = sled_side.join().unwrap_or_else(|_| {
+                Err(sled::Error::ReportableBug(
+                    "the item store writer thread panicked".into(),
+                ))
+            });
+            (stored_ok, indexed)
+        });
+        drop(index);
+        match (stored_ok, indexed) {
+            (Ok(()), Ok(())) => {}
+            // Nothing acknowledged; index documents that got committed are orphans the
+            // catalog never admits.
+            (Err(e), _) => return Err(e.into()),
+            (Ok(()), Err(e)) => {
+                // Take the items back out of sled so a failed write stores nothing; a crash
+                // before this leaves them in sled, and the catch-up on open indexes them.
+                let mut undo = sled::Batch::default();
+                for item in &stored {
+                    undo.remove(&item_key(&item.id)[..]);
+                }
+                undo.remove(&blob_key(first_seq)[..]);
+                if let Err(undo_err) = self
+                    .db
+                    .apply_batch(undo)
+                    .and_then(|()| self.db.flush().map(drop))
+                {
+                    tracing::error!(error = %undo_err, "could not undo a write whose indexing failed; it will be indexed on the next open");
+                }
+                return Err(e);
+            }
+        }
+        phases.reset();
+        let grew_large = self.publish(&mut stored, &vectors);
+        self.applied_seq.store(last_seq, Ordering::Release);
+        if flush {
+            self.synced(last_seq);
+        }
+        drop(writer);
+        self.published(last_seq, grew_large);
+        phases.lap("publish");
+        Ok(stored)
+    }
+
+    /// Records that sled was flushed after every item up to `seq` was applied.
+    fn synced(&self, seq: u64) {
+        let mut sync = self.sync.lock();
+        sync.durable = sync.durable.max(seq);
     }
 
     fn read(&self, id: &ItemId) -> Result<Option<MemoryItem>> {
@@ -473,7 +780,7 @@ impl EmbeddedStore {
         let state = self.shared.state.read();
         match state.catalog.slot_of_id(id) {
             Some(slot) => item.superseded = state.catalog.entry(slot).superseded,
-            // In sled but not in the catalog: a write that is not yet published.
+            // In sled but not in the catalog: a write that is not yet published (or failed).
             None => return Ok(None),
         }
         Ok(Some(item))
@@ -565,7 +872,7 @@ impl EmbeddedStore {
             kinds: &kind_names,
         };
         let catalog = &state.catalog;
-        let hits = self.text.search(text, &pushdown, k, |seq| {
+        let hits = self.text.index.search(text, &pushdown, k, |seq| {
             catalog.matches_seq(filter, seq).is_some()
         })?;
         Ok(hits
@@ -634,43 +941,13 @@ impl MemoryStore for EmbeddedStore {
                 other => other,
             })?;
         }
-        let mut phases = Phases::start();
-        let mut writer = self.writer.lock();
-        phases.lap("lock");
-        // Assign ids, sequence numbers and versions.
         let now = Timestamp::now();
-        let versions: Vec<u32> = {
-            let state = self.shared.state.read();
-            let mut batch_versions: HashMap<(&str, &str), u32> = HashMap::new();
-            items
-                .iter()
-                .map(|item| match item.key.as_deref() {
-                    None => 1,
-                    Some(key) => {
-                        let prev = batch_versions
-                            .get(&(item.namespace.as_str(), key))
-                            .copied()
-                            .or_else(|| {
-                                state
-                                    .catalog
-                                    .current_version(&item.namespace, key)
-                                    .map(|(_, v)| v)
-                            });
-                        let v = prev.map_or(1, |p| p + 1);
-                        batch_versions.insert((item.namespace.as_str(), key), v);
-                        v
-                    }
-                })
-                .collect()
-        };
-        let first_seq = writer.next_seq;
-        let mut stored: Vec<MemoryItem> = items
+        let stored: Vec<MemoryItem> = items
             .into_iter()
-            .zip(versions)
-            .enumerate()
-            .map(|(i, (item, version))| MemoryItem {
+            .map(|item| MemoryItem {
                 id: ItemId::new_v7(),
-                seq: first_seq + i as u64,
+                // Sequence numbers and versions are assigned under the writer lock.
+                seq: 0,
                 namespace: item.namespace,
                 kind: item.kind,
                 content: item.content,
@@ -679,7 +956,7 @@ impl MemoryStore for EmbeddedStore {
                 stage: item.stage,
                 tags: item.tags,
                 key: item.key,
-                version,
+                version: 0,
                 confidence: item.confidence,
                 created_at: now,
                 tokens: 0,
@@ -687,160 +964,11 @@ impl MemoryStore for EmbeddedStore {
                 superseded: false,
             })
             .collect();
-        let next_seq = writer.next_seq + stored.len() as u64;
-        // Sequence numbers are spent whatever happens: never reuse one, so documents of a failed
-        // write that did reach the text index can never be mistaken for a later item.
-        writer.next_seq = next_seq;
-        // Large batches, and the batch that fills the text index's tail, commit the text index;
-        // the others only queue their documents and join the tail (see `text.rs`).
-        let commit = stored.len() >= PARALLEL_COMMIT_MIN || self.text.tail_full_after(stored.len());
-        phases.lap("assign");
-
-        // 1. Queue the text index documents: tantivy's indexing thread works on them while this
-        //    thread counts tokens and embeds. Sequence numbers are fresh (never indexed, never
-        //    reused), so no delete is needed. If anything fails from here on, queued documents
-        //    are orphans the catalog never admits (the writer is not rolled back: it also holds
-        //    the tail's documents).
-        if let Err(e) = stored
-            .iter()
-            .try_for_each(|item| self.text.add(&writer.index, item, false))
-        {
-            self.reset_text_writer(&mut writer);
-            return Err(e);
-        }
-        phases.lap("text_add");
-        let counter = &self.token_counter;
-        // Threads pay off only for a batch of some size (a count costs tens of microseconds).
-        let tokens: Vec<u32> = if stored.len() < PARALLEL_TOKENS_MIN {
-            stored.iter().map(|i| counter.count(&i.content)).collect()
+        if stored.len() >= PARALLEL_COMMIT_MIN {
+            self.put_large(stored)
         } else {
-            stored
-                .par_iter()
-                .map(|i| counter.count(&i.content))
-                .collect()
-        };
-        for (item, t) in stored.iter_mut().zip(tokens) {
-            item.tokens = t;
+            self.put_small(stored)
         }
-        phases.lap("tokens");
-        let vectors = embed_parallel(self.embedder.as_ref(), &stored)?;
-        phases.lap("embed");
-
-        // 2. sled (one atomic batch, then fsync under `Durability::Fsync`), and 3. when
-        //    committing, the text index commit (which waits for tantivy's indexing thread), side
-        //    by side for large batches.
-        let dim = self.embedder.dimension();
-        let write_sled = || -> std::result::Result<(), sled::Error> {
-            let mut phases = Phases::start();
-            let mut batch = sled::Batch::default();
-            for item in &stored {
-                batch.insert(&item_key(&item.id)[..], encode_item(item));
-            }
-            batch.insert(
-                &blob_key(first_seq)[..],
-                encode_blob(&stored, &vectors, dim),
-            );
-            batch.insert(meta_key("next_seq"), &next_seq.to_be_bytes()[..]);
-            phases.lap("sled_encode");
-            self.db.apply_batch(batch)?;
-            phases.lap("sled_apply");
-            if self.durability == Durability::Fsync {
-                self.db.flush()?;
-                phases.lap("sled_flush");
-            }
-            Ok(())
-        };
-        if !commit {
-            // The tail path: analyse for the tail while nothing is locked but the writer.
-            let analysed: Vec<_> = stored.iter().map(|i| self.text.analyse(i)).collect();
-            phases.lap("analyse");
-            write_sled()?;
-            phases.reset();
-            self.text.append_tail(analysed);
-            phases.lap("tail");
-        } else {
-            let index = &mut writer.index;
-            let (stored_ok, indexed) = if stored.len() >= PARALLEL_COMMIT_MIN {
-                std::thread::scope(|scope| {
-                    let sled_side = scope.spawn(write_sled);
-                    let indexed = self.text.commit(index, next_seq - 1);
-                    let stored_ok = sled_side.join().unwrap_or_else(|_| {
-                        Err(sled::Error::ReportableBug(
-                            "the item store writer thread panicked".into(),
-                        ))
-                    });
-                    (stored_ok, indexed)
-                })
-            } else {
-                match write_sled() {
-                    Ok(()) => (Ok(()), self.text.commit(index, next_seq - 1)),
-                    Err(e) => (Err(e), Ok(())),
-                }
-            };
-            match (stored_ok, indexed) {
-                (Ok(()), Ok(())) => {}
-                (Err(e), indexed) => {
-                    // Nothing acknowledged; index documents that got committed are orphans the
-                    // catalog never admits.
-                    if indexed.is_err() {
-                        self.reset_text_writer(&mut writer);
-                    }
-                    return Err(e.into());
-                }
-                (Ok(()), Err(e)) => {
-                    // Take the items back out of sled so a failed write stores nothing; a crash
-                    // before this leaves them in sled, and the catch-up on open indexes them.
-                    let mut undo = sled::Batch::default();
-                    for item in &stored {
-                        undo.remove(&item_key(&item.id)[..]);
-                    }
-                    undo.remove(&blob_key(first_seq)[..]);
-                    if let Err(undo_err) = self
-                        .db
-                        .apply_batch(undo)
-                        .and_then(|()| self.db.flush().map(drop))
-                    {
-                        tracing::error!(error = %undo_err, "could not undo a write whose indexing failed; it will be indexed on the next open");
-                    }
-                    self.reset_text_writer(&mut writer);
-                    return Err(e);
-                }
-            }
-        }
-
-        // 4. Publish.
-        phases.reset();
-        let mut grew_large = false;
-        {
-            let mut state = self.shared.state.write();
-            let State {
-                catalog,
-                vectors: vindex,
-            } = &mut *state;
-            for (item, vector) in stored.iter().zip(&vectors) {
-                let ns = catalog.syms.intern(&item.namespace);
-                let row = vindex.next_row(ns);
-                let slot = catalog.insert(item, row);
-                vindex.push(ns, slot, vector);
-                grew_large |= vindex.spaces[&ns].ann.is_some();
-            }
-            // A later item of the batch may supersede an earlier one.
-            for item in &mut stored {
-                if item.key.is_some()
-                    && let Some(slot) = catalog.slot_of_id(&item.id)
-                {
-                    item.superseded = catalog.entry(slot).superseded;
-                }
-            }
-        }
-        self.shared.last_seq.store(next_seq - 1, Ordering::Release);
-        drop(writer);
-        self.shared.last_write_ms.store(now_ms(), Ordering::Release);
-        if grew_large {
-            self.wake_builder();
-        }
-        phases.lap("publish");
-        Ok(stored)
     }
 
     fn get(&self, id: ItemId) -> Result<Option<MemoryItem>> {
@@ -972,7 +1100,7 @@ impl MemoryStore for EmbeddedStore {
     }
 
     fn delete_namespace(&self, namespace: &str) -> Result<usize> {
-        let mut writer = self.writer.lock();
+        let writer = self.writer.lock();
         let ids: Vec<(ItemId, u64)> = {
             let state = self.shared.state.read();
             let ns = state.catalog.syms.get(namespace);
@@ -1016,9 +1144,11 @@ impl MemoryStore for EmbeddedStore {
         super::vectors::saved::remove(&self.path.join("graphs"), namespace);
         // 3. Text index, then drop the marker. A crash before this is repaired on open; until
         // then stale documents are invisible because the catalog no longer admits them.
-        self.text.delete_namespace(&writer.index, namespace);
         let watermark = writer.next_seq - 1;
-        self.text.commit(&mut writer.index, watermark)?;
+        let mut index = self.text.writer.lock();
+        self.text.index.delete_namespace(&index, namespace);
+        self.text.index.commit(&mut index, Some(watermark))?;
+        drop(index);
         self.db.remove(deletion_key(namespace))?;
         if self.durability == Durability::Fsync {
             self.db.flush()?;
@@ -1056,11 +1186,18 @@ impl MemoryStore for EmbeddedStore {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
-        // Commit the text index's tail, so the next open has nothing to catch up.
+        // Stop the committer, then commit the text index's tail, so the next open has nothing
+        // to catch up.
+        self.text.shutdown.store(true, Ordering::Release);
+        self.text.wake_committer();
+        if let Some(handle) = self.committer.take() {
+            let _ = handle.join();
+        }
         {
-            let writer = self.writer.get_mut();
-            if self.text.has_tail()
-                && let Err(e) = self.text.commit(&mut writer.index, writer.next_seq - 1)
+            let next_seq = self.writer.get_mut().next_seq;
+            let mut index = self.text.writer.lock();
+            if self.text.index.has_tail()
+                && let Err(e) = self.text.index.commit(&mut index, Some(next_seq - 1))
             {
                 tracing::warn!(path = %self.path.display(), error = %e, "committing the text index on close (it will catch up on the next open)");
             }
@@ -1363,6 +1500,40 @@ fn load(path: &Path, db: &sled::Db, state: &mut State, dim: usize) -> Result<u64
 }
 
 /// The background builder: keeps each large namespace's HNSW graph caught up with its rows.
+/// The text index committer: commits the tail whenever a writer finds it full, so commits
+/// (milliseconds to hundreds of milliseconds) stay off the write path. A failed commit keeps
+/// the tail (searchable) and is retried after a pause.
+fn commit_text(text: &Text) {
+    let mut failures = 0u32;
+    loop {
+        {
+            let mut wake = text.wake.lock();
+            while !*wake && !text.shutdown.load(Ordering::Acquire) {
+                text.wake_cv.wait(&mut wake);
+            }
+            *wake = false;
+        }
+        if text.shutdown.load(Ordering::Acquire) {
+            return;
+        }
+        let mut index = text.writer.lock();
+        match text.index.commit(&mut index, None) {
+            Ok(()) => failures = 0,
+            Err(e) => {
+                drop(index);
+                failures += 1;
+                tracing::error!(error = %e, failures, "committing the text index (the tail stays searchable; retrying)");
+                let pause = Duration::from_millis(100u64 << failures.min(6));
+                let mut wake = text.wake.lock();
+                if !text.shutdown.load(Ordering::Acquire) {
+                    text.wake_cv.wait_for(&mut wake, pause);
+                }
+                *wake = true;
+            }
+        }
+    }
+}
+
 fn build_graphs(shared: &Shared) {
     loop {
         {

@@ -15,16 +15,23 @@
 //! same BM25 statistics (committed plus tail: document count, token count, document
 //! frequencies, through [`Bm25StatisticsProvider`]) and the same [`Bm25Weight`] and quantised
 //! field norms tantivy uses, so a document scores the same before and after the commit that
-//! moves it out of the tail (up to the order of a float sum). The tail is committed when it
-//! grows past [`TAIL_MAX_DOCS`] documents or [`TAIL_MAX_TOKENS`] tokens, by every large
-//! batch, by a namespace deletion, and on close; a commit replaces the searcher and empties the
-//! tail in one step, so a search sees every document exactly once.
+//! moves it out of the tail (up to the order of a float sum).
+//!
+//! Tail documents reach the index writer only when they are committed, and the commit runs off
+//! the write path: when the tail grows past [`TAIL_MAX_DOCS`] documents or [`TAIL_MAX_TOKENS`]
+//! tokens the store wakes its committer thread, which *freezes* the tail (moves it aside, still
+//! searchable, while new documents start a fresh tail), adds the frozen documents to the index
+//! writer, commits, and then replaces the searcher and drops the frozen tail in one step, so a
+//! search sees every document exactly once. Large batches, namespace deletions and close commit
+//! inline (everything pending with them). A failed commit rolls the writer back and keeps the
+//! frozen tail, documents included, for the next attempt.
 //!
 //! Queries are built from analysed terms, never parsed, so any user text is a valid query.
 
 use std::collections::{BinaryHeap, HashMap};
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::RwLock;
 use tantivy::collector::{Collector, SegmentCollector};
@@ -111,15 +118,41 @@ struct TailDoc {
     fieldnorm_id: u8,
 }
 
-/// A tail document analysed outside the lock.
+/// A tail document analysed outside the locks; [`Analysed::assign`] gives it its item's id and
+/// sequence number once the store has assigned them.
 pub(crate) struct Analysed {
     doc: TailDoc,
     /// Term text and frequency.
     terms: Vec<(Box<str>, u32)>,
     tokens: u64,
+    /// The index document, without its sequence number (added at commit).
+    document: TantivyDocument,
 }
 
-/// Documents added to the index writer since the last commit, searchable in memory.
+impl Analysed {
+    /// Sets the item's id and sequence number.
+    pub fn assign(&mut self, id: ItemId, seq: u64) {
+        self.doc.id = id;
+        self.doc.seq = seq;
+    }
+}
+
+/// How full the tail is after an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TailFill {
+    /// Below the commit threshold.
+    Room,
+    /// Past [`TAIL_MAX_DOCS`] or [`TAIL_MAX_TOKENS`]: time for the committer.
+    Full,
+    /// Several times past it (the committer is falling behind): the writer commits itself.
+    Overfull,
+}
+
+/// The tail grows this many times past its commit threshold before writers commit themselves.
+const TAIL_OVERFULL_FACTOR: u64 = 8;
+
+/// Documents written since the last commit, searchable in memory, with their index documents
+/// (added to the index writer at commit).
 #[derive(Default)]
 struct Tail {
     docs: Vec<TailDoc>,
@@ -127,6 +160,8 @@ struct Tail {
     postings: HashMap<Box<str>, Vec<(u32, u32)>>,
     /// Tokens of the content field over all documents.
     tokens: u64,
+    /// Index documents, in the order of `docs`, without their sequence numbers.
+    documents: Vec<TantivyDocument>,
 }
 
 impl Tail {
@@ -137,12 +172,48 @@ impl Tail {
         }
         self.tokens += analysed.tokens;
         self.docs.push(analysed.doc);
+        self.documents.push(analysed.document);
+    }
+
+    /// Appends another tail's documents (which are newer).
+    fn absorb(&mut self, other: Tail) {
+        if self.docs.is_empty() {
+            *self = other;
+            return;
+        }
+        let offset = self.docs.len() as u32;
+        for (term, postings) in other.postings {
+            self.postings
+                .entry(term)
+                .or_default()
+                .extend(postings.into_iter().map(|(doc, tf)| (doc + offset, tf)));
+        }
+        self.tokens += other.tokens;
+        self.docs.extend(other.docs);
+        self.documents.extend(other.documents);
+    }
+
+    fn fill(&self) -> TailFill {
+        let docs = self.docs.len() as u64;
+        let max_docs = TAIL_MAX_DOCS as u64;
+        if docs >= TAIL_OVERFULL_FACTOR * max_docs
+            || self.tokens >= TAIL_OVERFULL_FACTOR * TAIL_MAX_TOKENS
+        {
+            TailFill::Overfull
+        } else if docs >= max_docs || self.tokens >= TAIL_MAX_TOKENS {
+            TailFill::Full
+        } else {
+            TailFill::Room
+        }
     }
 }
 
-/// What a search reads: the committed segments and the tail, swapped together by a commit.
+/// What a search reads: the committed segments, the tail being committed and the tail, swapped
+/// together by a commit.
 struct Published {
     searcher: Searcher,
+    /// Documents a commit in progress (or a failed one) is adding to the index.
+    frozen: Tail,
     tail: Tail,
 }
 
@@ -155,7 +226,7 @@ struct Stats<'a> {
 impl Bm25StatisticsProvider for Stats<'_> {
     fn total_num_tokens(&self, field: Field) -> tantivy::Result<u64> {
         let tail = if field == self.content {
-            self.published.tail.tokens
+            self.published.frozen.tokens + self.published.tail.tokens
         } else {
             0
         };
@@ -165,18 +236,19 @@ impl Bm25StatisticsProvider for Stats<'_> {
     fn total_num_docs(&self) -> tantivy::Result<u64> {
         Ok(
             Bm25StatisticsProvider::total_num_docs(&self.published.searcher)?
+                + self.published.frozen.docs.len() as u64
                 + self.published.tail.docs.len() as u64,
         )
     }
 
     fn doc_freq(&self, term: &Term) -> tantivy::Result<u64> {
         let tail = match term.value().as_str() {
-            Some(text) if term.field() == self.content => self
-                .published
-                .tail
-                .postings
-                .get(text)
-                .map_or(0, |p| p.len() as u64),
+            Some(text) if term.field() == self.content => {
+                [&self.published.frozen, &self.published.tail]
+                    .iter()
+                    .map(|t| t.postings.get(text).map_or(0, |p| p.len() as u64))
+                    .sum()
+            }
             _ => 0,
         };
         Ok(self.published.searcher.doc_freq(term)? + tail)
@@ -190,6 +262,8 @@ pub(crate) struct TextIndex {
     fields: Fields,
     analyzer: TextAnalyzer,
     published: RwLock<Published>,
+    /// The watermark of the last commit (never lowered).
+    committed: AtomicU64,
 }
 
 impl TextIndex {
@@ -255,6 +329,7 @@ impl TextIndex {
                 .expect("en_stem is a built-in tokenizer");
             let published = RwLock::new(Published {
                 searcher: reader.searcher(),
+                frozen: Tail::default(),
                 tail: Tail::default(),
             });
             Ok((
@@ -264,6 +339,7 @@ impl TextIndex {
                     fields,
                     analyzer,
                     published,
+                    committed: AtomicU64::new(0),
                 },
                 writer,
             ))
@@ -274,12 +350,26 @@ impl TextIndex {
     /// The highest sequence number the last commit contains (0 for a new index).
     pub fn watermark(&self) -> Result<u64> {
         let metas = self.index.load_metas()?;
-        Ok(metas
+        let watermark = metas
             .payload
             .as_deref()
             .and_then(|p| p.strip_prefix("seq:"))
             .and_then(|n| n.parse().ok())
-            .unwrap_or(0))
+            .unwrap_or(0);
+        self.committed.fetch_max(watermark, Ordering::AcqRel);
+        Ok(watermark)
+    }
+
+    /// An item's index document, without its sequence number.
+    fn document(&self, item: &MemoryItem) -> TantivyDocument {
+        let f = self.fields;
+        let mut doc = TantivyDocument::default();
+        doc.add_text(f.namespace, &item.namespace);
+        doc.add_text(f.kind, item.kind.as_str());
+        for text in indexed_texts(item) {
+            doc.add_text(f.content, text);
+        }
+        doc
     }
 
     /// Queues an item's document in the index writer (searchable after the next commit). With
@@ -287,22 +377,17 @@ impl TextIndex {
     /// re-indexing during catch-up, where the document may already be there; fresh writes have
     /// fresh sequence numbers and skip the cost).
     pub fn add(&self, writer: &IndexWriter, item: &MemoryItem, replace: bool) -> Result<()> {
-        let f = self.fields;
         if replace {
-            writer.delete_term(Term::from_field_u64(f.seq, item.seq));
+            writer.delete_term(Term::from_field_u64(self.fields.seq, item.seq));
         }
-        let mut doc = TantivyDocument::default();
-        doc.add_u64(f.seq, item.seq);
-        doc.add_text(f.namespace, &item.namespace);
-        doc.add_text(f.kind, item.kind.as_str());
-        for text in indexed_texts(item) {
-            doc.add_text(f.content, text);
-        }
+        let mut doc = self.document(item);
+        doc.add_u64(self.fields.seq, item.seq);
         writer.add_document(doc)?;
         Ok(())
     }
 
-    /// Analyses an item the way tantivy indexes it, for the tail.
+    /// Analyses an item the way tantivy indexes it, for the tail. Needs neither the item's id
+    /// nor its sequence number (see [`Analysed::assign`]).
     pub fn analyse(&self, item: &MemoryItem) -> Analysed {
         let mut analyzer = self.analyzer.clone();
         let mut tf: HashMap<Box<str>, u32> = HashMap::new();
@@ -330,38 +415,26 @@ impl TextIndex {
             },
             terms: tf.into_iter().collect(),
             tokens,
+            document: self.document(item),
         }
     }
 
-    /// Makes documents already queued with [`TextIndex::add`] searchable before the next
-    /// commit.
-    pub fn append_tail(&self, analysed: Vec<Analysed>) {
+    /// Makes documents searchable before they are committed. Callers append in sequence order
+    /// (under the store's writer lock), after every document of a lower sequence number was
+    /// appended or committed: a commit of the tail records its last sequence number as the
+    /// watermark.
+    pub fn append_tail(&self, analysed: Vec<Analysed>) -> TailFill {
         let mut published = self.published.write();
         for a in analysed {
             published.tail.push(a);
         }
+        published.tail.fill()
     }
 
-    /// Whether the tail, grown by `docs` more documents, should be committed.
-    pub fn tail_full_after(&self, docs: usize) -> bool {
-        let published = self.published.read();
-        published.tail.docs.len() + docs > TAIL_MAX_DOCS || published.tail.tokens > TAIL_MAX_TOKENS
-    }
-
-    /// Whether documents wait in the tail for a commit.
+    /// Whether documents wait in a tail for a commit.
     pub fn has_tail(&self) -> bool {
-        !self.published.read().tail.docs.is_empty()
-    }
-
-    /// Ids of the tail's documents (to queue them again after a rollback of the writer).
-    pub fn tail_ids(&self) -> Vec<ItemId> {
-        self.published
-            .read()
-            .tail
-            .docs
-            .iter()
-            .map(|d| d.id)
-            .collect()
+        let published = self.published.read();
+        !published.tail.docs.is_empty() || !published.frozen.docs.is_empty()
     }
 
     /// Removes every document of a namespace (takes effect at the next commit).
@@ -369,24 +442,75 @@ impl TextIndex {
         writer.delete_term(Term::from_field_text(self.fields.namespace, namespace));
     }
 
-    /// Commits every queued document with `watermark` (at least the highest sequence number
-    /// queued) as payload, and makes the commit visible to searches in place of the tail.
-    pub fn commit(&self, writer: &mut IndexWriter, watermark: u64) -> Result<()> {
+    /// Commits the tails' documents and every document queued with [`TextIndex::add`], and
+    /// makes the commit visible to searches in place of the tails. The commit's watermark is
+    /// the highest of `watermark`, the tails' last sequence number and the previous watermark;
+    /// without a `watermark` and with nothing in the tails there is nothing to do. On failure
+    /// the writer is rolled back and the tails' documents stay (searchable) for the next
+    /// commit; documents queued with `add` are dropped.
+    pub fn commit(&self, writer: &mut IndexWriter, watermark: Option<u64>) -> Result<()> {
         let mut phases = super::phases::Phases::start();
-        let mut prepared = writer.prepare_commit()?;
-        phases.lap("text_prepare");
-        prepared.set_payload(&format!("seq:{watermark}"));
-        prepared.commit()?;
-        phases.lap("text_commit");
-        self.reader.reload()?;
-        let searcher = self.reader.searcher();
-        let mut published = self.published.write();
-        debug_assert!(published.tail.docs.iter().all(|d| d.seq <= watermark));
-        published.searcher = searcher;
-        published.tail = Tail::default();
-        drop(published);
-        phases.lap("text_reload");
-        Ok(())
+        {
+            let mut published = self.published.write();
+            let tail = std::mem::take(&mut published.tail);
+            published.frozen.absorb(tail);
+            if watermark.is_none() && published.frozen.docs.is_empty() {
+                return Ok(());
+            }
+        }
+        // Only a commit (under the index writer, which the caller holds) changes the frozen
+        // tail: read it without blocking searches.
+        let (documents, frozen_last) = {
+            let published = self.published.read();
+            let frozen = &published.frozen;
+            let documents: Vec<TantivyDocument> = frozen
+                .docs
+                .iter()
+                .zip(&frozen.documents)
+                .map(|(d, doc)| {
+                    let mut doc = doc.clone();
+                    doc.add_u64(self.fields.seq, d.seq);
+                    doc
+                })
+                .collect();
+            (documents, frozen.docs.iter().map(|d| d.seq).max())
+        };
+        let watermark = watermark
+            .into_iter()
+            .chain(frozen_last)
+            .chain([self.committed.load(Ordering::Acquire)])
+            .max()
+            .unwrap_or(0);
+        phases.lap("text_freeze");
+        let result = (|| -> Result<Searcher> {
+            for doc in documents {
+                writer.add_document(doc)?;
+            }
+            let mut prepared = writer.prepare_commit()?;
+            phases.lap("text_prepare");
+            prepared.set_payload(&format!("seq:{watermark}"));
+            prepared.commit()?;
+            phases.lap("text_commit");
+            self.reader.reload()?;
+            Ok(self.reader.searcher())
+        })();
+        match result {
+            Ok(searcher) => {
+                self.committed.fetch_max(watermark, Ordering::AcqRel);
+                let mut published = self.published.write();
+                published.searcher = searcher;
+                published.frozen = Tail::default();
+                drop(published);
+                phases.lap("text_reload");
+                Ok(())
+            }
+            Err(e) => {
+                if let Err(rollback) = writer.rollback() {
+                    tracing::error!(error = %rollback, "rolling back the text index writer after a failed commit");
+                }
+                Err(e)
+            }
+        }
     }
 
     /// Analysed, deduplicated query terms.
@@ -424,7 +548,15 @@ impl TextIndex {
             published: &published,
             content: self.fields.content,
         };
-        let tail_hits = Self::search_tail(&published.tail, &stats, &terms, pushdown, &accept)?;
+        let mut tail_hits =
+            Self::search_tail(&published.frozen, &stats, &terms, pushdown, &accept)?;
+        tail_hits.extend(Self::search_tail(
+            &published.tail,
+            &stats,
+            &terms,
+            pushdown,
+            &accept,
+        )?);
         let text_query: Box<dyn Query> = Box::new(BooleanQuery::new(
             terms
                 .into_iter()
