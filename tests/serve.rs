@@ -11,40 +11,7 @@ use std::time::{Duration, Instant};
 use agentd::llm::testing::{MockReply, MockRequest, MockServer};
 use serde_json::{Value, json};
 
-const WORKFLOW: &str = r#"
-[workflow]
-name = "three_step"
-max_rounds = 1
-
-[roles.planner]
-description = "Plans."
-writes = ["plan"]
-prompt = { system = "Plan.", template = "{{task}} {{context}} {{output_format}}" }
-
-[roles.researcher]
-description = "Finds evidence."
-writes = ["evidence"]
-prompt = { system = "Research.", template = "{{task}} {{context}} {{output_format}}" }
-
-[roles.answerer]
-description = "Answers."
-writes = ["answer"]
-prompt = { system = "Answer.", template = "{{task}} {{context}} {{output_format}}" }
-
-[nodes.plan]
-role = "planner"
-stage = "plan"
-
-[nodes.research]
-role = "researcher"
-stage = "gather"
-after = ["plan"]
-
-[nodes.answer]
-role = "answerer"
-stage = "answer"
-after = ["research"]
-"#;
+use agentd_server::testing::THREE_NODE_WORKFLOW as WORKFLOW;
 
 fn system_of(request: &MockRequest) -> &str {
     request.body["messages"][0]["content"]

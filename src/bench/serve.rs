@@ -122,40 +122,7 @@ fn phase_figures(phases: &[agentd_server::metrics::NodePhases], p: f64) -> Phase
 }
 
 /// The benchmark's workflow: three nodes in a chain, one round.
-pub const WORKFLOW: &str = r#"
-[workflow]
-name = "bench_serve"
-max_rounds = 1
-
-[roles.planner]
-description = "Breaks the question into sub-questions."
-writes = ["plan"]
-prompt = { system = "Plan.", template = "{{task}} {{context}} {{output_format}}" }
-
-[roles.researcher]
-description = "Finds evidence for the sub-questions."
-writes = ["evidence"]
-prompt = { system = "Research.", template = "{{task}} {{context}} {{output_format}}" }
-
-[roles.answerer]
-description = "Answers with cited evidence."
-writes = ["answer"]
-prompt = { system = "Answer.", template = "{{task}} {{context}} {{output_format}}" }
-
-[nodes.plan]
-role = "planner"
-stage = "plan"
-
-[nodes.research]
-role = "researcher"
-stage = "gather"
-after = ["plan"]
-
-[nodes.answer]
-role = "answerer"
-stage = "answer"
-after = ["research"]
-"#;
+pub use agentd_server::testing::THREE_NODE_WORKFLOW as WORKFLOW;
 
 /// A reply valid for the role whose system prompt the request carries.
 pub fn reply_for(request: &agentd_llm::testing::MockRequest) -> String {

@@ -25,6 +25,7 @@ pub mod error;
 pub mod metrics;
 pub mod openapi;
 pub mod server;
+pub mod testing;
 
 pub use config::{ConfigOverrides, Limits, ServerConfig, TokenEntry};
 pub use error::ApiError;

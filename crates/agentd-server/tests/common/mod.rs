@@ -11,40 +11,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// Three nodes in a chain, one round, roles inline.
-pub const WORKFLOW: &str = r#"
-[workflow]
-name = "three_step"
-max_rounds = 1
-
-[roles.planner]
-description = "Plans."
-writes = ["plan"]
-prompt = { system = "Plan.", template = "{{task}} {{context}} {{output_format}}" }
-
-[roles.researcher]
-description = "Finds evidence."
-writes = ["evidence"]
-prompt = { system = "Research.", template = "{{task}} {{context}} {{output_format}}" }
-
-[roles.answerer]
-description = "Answers."
-writes = ["answer"]
-prompt = { system = "Answer.", template = "{{task}} {{context}} {{output_format}}" }
-
-[nodes.plan]
-role = "planner"
-stage = "plan"
-
-[nodes.research]
-role = "researcher"
-stage = "gather"
-after = ["plan"]
-
-[nodes.answer]
-role = "answerer"
-stage = "answer"
-after = ["research"]
-"#;
+pub use agentd_server::testing::THREE_NODE_WORKFLOW as WORKFLOW;
 
 /// A valid reply for the role of the request.
 pub fn reply_for(request: &MockRequest) -> String {
