@@ -150,7 +150,9 @@ pub struct NamespaceStats {
 ///
 /// Guarantees every implementation keeps:
 /// - a write returns only once its items are durable (under the configured durability), and
-///   the very next call on the same store sees them (read-your-writes);
+///   the very next call on the same store sees them (read-your-writes); other threads may
+///   see a write a little before it returns (it can be visible before it is durable, never
+///   acknowledged before);
 /// - every listing and search applies [`Filter`] exactly, including `reader`;
 /// - superseded versions are excluded unless the filter asks for them.
 pub trait MemoryStore: Send + Sync {
