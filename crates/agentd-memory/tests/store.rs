@@ -676,6 +676,20 @@ fn concurrent_writers_share_fsyncs_and_keep_versions_and_items_exact() {
         }
     };
     check(&store);
+    // Every write waited for a flush, at most one of its own.
+    let flushes = store.write_flushes();
+    assert!(
+        (1..=(THREADS * PUTS) as u64).contains(&flushes),
+        "{flushes}"
+    );
     drop(store);
-    check(&open(dir.path()));
+    let store = open(dir.path());
+    check(&store);
+    // Alone, a writer flushes once per write.
+    for i in 0..3 {
+        store
+            .put(NewItem::new("alone", Kind::Fact, format!("alone {i}")))
+            .unwrap();
+    }
+    assert_eq!(store.write_flushes(), 3);
 }

@@ -456,6 +456,11 @@ impl Runtime {
         self.inner.journal.as_ref().map(|j| j.path())
     }
 
+    /// What the run journal's syncs have cost so far, if runs are persisted.
+    pub fn journal_sync_stats(&self) -> Option<crate::journal::SyncStats> {
+        self.inner.journal.as_ref().map(|j| j.sync_stats())
+    }
+
     /// Loads documents into `namespace` as `document` items (one batch, durable).
     pub fn load_documents(
         &self,

@@ -218,6 +218,8 @@ pub struct EmbeddedStore {
     shared: Arc<Shared>,
     builder: Option<JoinHandle<()>>,
     committer: Option<JoinHandle<()>>,
+    /// sled flushes made for writes (see [`EmbeddedStore::write_flushes`]).
+    write_flushes: std::sync::atomic::AtomicU64,
     embedder: Arc<dyn Embedder>,
     token_counter: Arc<dyn TokenCounter>,
     durability: Durability,
@@ -433,6 +435,7 @@ impl EmbeddedStore {
             shared,
             builder: Some(builder),
             committer: Some(committer),
+            write_flushes: std::sync::atomic::AtomicU64::new(0),
             embedder: options.embedder,
             token_counter: options.token_counter,
             durability: options.durability,
@@ -443,6 +446,12 @@ impl EmbeddedStore {
     /// The store's directory.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// sled flushes (fsyncs) made for writes so far: with concurrent writers sharing flushes
+    /// (group commit), fewer than the writes.
+    pub fn write_flushes(&self) -> u64 {
+        self.write_flushes.load(Ordering::Relaxed)
     }
 
     /// Blocks until every large namespace's HNSW graph covers all its rows (benchmarks use this
@@ -522,6 +531,7 @@ impl EmbeddedStore {
         drop(sync);
         let target = self.applied_seq.load(Ordering::Acquire);
         let flushed = self.db.flush();
+        self.write_flushes.fetch_add(1, Ordering::Relaxed);
         let mut sync = self.sync.lock();
         sync.flushing = false;
         if flushed.is_ok() {
@@ -605,6 +615,7 @@ impl EmbeddedStore {
         self.db.apply_batch(batch)?;
         phases.lap("sled_apply");
         if flush {
+            self.write_flushes.fetch_add(1, Ordering::Relaxed);
             self.db.flush()?;
             phases.lap("sled_flush");
         }
