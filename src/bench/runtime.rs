@@ -11,8 +11,8 @@
 //! checkpoints, then `concurrency` runs at a time with durable checkpoints (group commits) and
 //! with checkpoints off. One fsync of a small append is measured in the same run as the
 //! baseline of the durable figures. In the concurrent durable phase the journal's syncs (count
-//! and time) and the store's flushes are counted too: per node, they show what group commit
-//! saves without the noise of comparing two batches' wall times.
+//! and time) and the store's flushes are counted too: per node, they show how many nodes share
+//! a sync (group commit), which the difference of two batches' wall times is too noisy to show.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -86,8 +86,8 @@ pub struct RuntimeReport {
     /// (group commit).
     pub checkpoint_syncs_per_node: f64,
     /// Time the journal spent writing and syncing checkpoints at `concurrency`, durable, over
-    /// the nodes run: what durable checkpoints cost per node, amortised over group commits, as
-    /// measured inside the journal (µs; not noisy like `checkpoint_amortised_us`).
+    /// the nodes run (µs). Mostly waiting on the disk, which overlaps other nodes' work: the
+    /// wall-time cost is `checkpoint_amortised_us`.
     pub checkpoint_sync_us_per_node: f64,
     /// Memory store fsyncs (write-back) per node at `concurrency`, durable (0 with
     /// `--store-buffered`): below 1 when writers share them (group commit).
