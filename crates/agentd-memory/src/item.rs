@@ -134,6 +134,25 @@ impl Kind {
         Kind::Note,
     ];
 
+    /// The kind's position in [`Kind::BUILTIN`], or `None` for a custom kind (a jump, not a
+    /// search: hot loops key small tables by it).
+    pub fn builtin_index(&self) -> Option<usize> {
+        Some(match self {
+            Kind::Task => 0,
+            Kind::Plan => 1,
+            Kind::Subquestion => 2,
+            Kind::Hypothesis => 3,
+            Kind::Fact => 4,
+            Kind::Evidence => 5,
+            Kind::Document => 6,
+            Kind::ToolResult => 7,
+            Kind::Critique => 8,
+            Kind::Answer => 9,
+            Kind::Note => 10,
+            Kind::Custom(_) => return None,
+        })
+    }
+
     /// The kind's name as written in TOML, JSON and the index.
     pub fn as_str(&self) -> &str {
         match self {
@@ -482,9 +501,11 @@ mod tests {
 
     #[test]
     fn kind_names_round_trip() {
-        for kind in Kind::BUILTIN {
+        for (i, kind) in Kind::BUILTIN.into_iter().enumerate() {
             assert_eq!(kind.as_str().parse::<Kind>().unwrap(), kind);
+            assert_eq!(kind.builtin_index(), Some(i));
         }
+        assert_eq!(Kind::Custom("summary".into()).builtin_index(), None);
         assert_eq!(
             "summary".parse::<Kind>().unwrap(),
             Kind::Custom("summary".into())

@@ -1,7 +1,10 @@
 //! Scoring and packing: from candidates to a [`ContextPack`] with its [`Manifest`].
 //!
-//! This is the router's inner loop; it never touches the store. Per candidate it does two dot
-//! products (query and role similarity) and a few arithmetic operations; link analysis runs on
+//! This is the router's inner loop; it never touches the store. One pass reads each candidate
+//! once: two dot products in one sweep over its int8 vector (query and role similarity), and
+//! what its kind and producer contribute (memoised per distinct kind and producer), copied into
+//! compact per-candidate state that the later passes and the manifest read instead of the
+//! candidates (at 10,000 candidates the route is bound by memory traffic); link analysis runs on
 //! a bounded set of the strongest candidates; packing is lazy greedy (marginal scores only fall
 //! as items are selected, so a stale score is an upper bound and most candidates are never
 //! re-scored), with an exact knapsack when the eligible set is small.
@@ -11,7 +14,7 @@ use std::collections::BinaryHeap;
 
 use agentd_memory::tokens::TokenCounter;
 use agentd_memory::vector::QuantizedVector;
-use agentd_memory::{Kind, MemoryItem};
+use agentd_memory::{ItemId, Kind, MemoryItem};
 use serde::{Deserialize, Serialize};
 
 use crate::links::{LinkGraph, LinkInput, entities};
@@ -183,10 +186,7 @@ impl ContextPack {
 /// Position of a kind in the prompt layout: built-in kinds in [`Kind::BUILTIN`] order, custom
 /// kinds after them (alphabetically, by the caller's sort).
 pub fn kind_order(kind: &Kind) -> usize {
-    Kind::BUILTIN
-        .iter()
-        .position(|k| k == kind)
-        .unwrap_or(Kind::BUILTIN.len())
+    kind.builtin_index().unwrap_or(Kind::BUILTIN.len())
 }
 
 /// Per-candidate working state.
@@ -197,6 +197,107 @@ struct Scored {
     truncated: Option<String>,
     /// Normalised query relevance, the strength lent to linked items.
     strength: f32,
+    /// Raw BM25 score (0 when not a BM25 hit).
+    bm25: f32,
+    /// Raw similarity to the query (clamped at 0).
+    cos_q: f32,
+    /// Raw similarity to the role profile (clamped at 0).
+    cos_r: f32,
+    /// Affinity of the reading role for the producing role.
+    affinity: f32,
+    /// The query names the item's title.
+    names_title: bool,
+    /// The item's kind (see [`KindMemo`]).
+    kind_slot: u16,
+    /// The item's id, write order and sources, copied while its lines are in cache: later
+    /// passes and the manifest read `scored` alone, not the (much larger) candidates.
+    id: ItemId,
+    seq: u64,
+    sources: Sources,
+}
+
+/// Recency of an item `age` rounds old: halves every `half_life` rounds.
+fn recency(age: u32, half_life: f32) -> f32 {
+    0.5f32.powf(age as f32 / half_life.max(0.01))
+}
+
+/// What a route derives from an item's kind (readable by the role under the policy, stage
+/// priority), computed once per distinct kind: a route sees few kinds and many items. Each
+/// kind also gets a small slot number, so later passes can tell kinds apart without comparing
+/// them.
+#[derive(Default)]
+struct KindMemo<'k> {
+    /// By [`Kind::builtin_index`].
+    builtin: [Option<KindInfo>; Kind::BUILTIN.len()],
+    custom: Vec<(&'k Kind, KindInfo)>,
+}
+
+#[derive(Clone, Copy)]
+struct KindInfo {
+    reads: bool,
+    priority: f32,
+    slot: u16,
+}
+
+impl<'k> KindMemo<'k> {
+    fn get(&mut self, kind: &'k Kind, ctx: &ScoringContext<'_>) -> KindInfo {
+        let known = match kind.builtin_index() {
+            Some(ix) => self.builtin[ix],
+            None => self
+                .custom
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|&(_, info)| info),
+        };
+        if let Some(info) = known {
+            return info;
+        }
+        let info = KindInfo {
+            reads: ctx.policy != Policy::Rcr || ctx.role.reads_kind(kind),
+            priority: ctx.stage.priority_of(kind),
+            slot: self.slots() as u16,
+        };
+        match kind.builtin_index() {
+            Some(ix) => self.builtin[ix] = Some(info),
+            None => self.custom.push((kind, info)),
+        }
+        info
+    }
+
+    /// The kinds seen, by slot.
+    fn by_slot(&self) -> Vec<&'k Kind> {
+        let mut kinds: Vec<(u16, &'k Kind)> = self
+            .builtin
+            .iter()
+            .zip(&Kind::BUILTIN)
+            .filter_map(|(info, kind)| info.map(|i| (i.slot, kind)))
+            .chain(self.custom.iter().map(|&(kind, info)| (info.slot, kind)))
+            .collect();
+        kinds.sort_unstable_by_key(|&(slot, _)| slot);
+        kinds.into_iter().map(|(_, kind)| kind).collect()
+    }
+
+    /// How many distinct kinds were seen (slots are `0..slots()`).
+    fn slots(&self) -> usize {
+        self.builtin.iter().flatten().count() + self.custom.len()
+    }
+}
+
+/// The reading role's affinity per producing role, computed once per distinct producer.
+#[derive(Default)]
+struct ProducerMemo<'r> {
+    seen: Vec<(&'r str, f32)>,
+}
+
+impl<'r> ProducerMemo<'r> {
+    fn get(&mut self, producer: &'r str, role: &RoleProfile) -> f32 {
+        if let Some(&(_, affinity)) = self.seen.iter().find(|(p, _)| *p == producer) {
+            return affinity;
+        }
+        let affinity = role.affinity_for(producer);
+        self.seen.push((producer, affinity));
+        affinity
+    }
 }
 
 /// Whether the router may cut this item at a sentence boundary.
@@ -245,12 +346,18 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
     let role_name = ctx.role.name.as_str();
     let n = candidates.len();
 
-    // 1. Hard rules, and the raw similarities (on int8 copies: a quarter of the memory traffic).
+    // 1. Hard rules, and everything each candidate contributes, read from it in one pass:
+    //    the raw similarities (on int8 copies: a quarter of the memory traffic; query and
+    //    role in one pass over the vector), the kind's stage priority, the producer's
+    //    affinity, age, confidence, title. Pass 2 then works on `scored` alone.
     let query_q = ctx.query_vector.map(QuantizedVector::quantize);
     let role_q = ctx.role_vector.map(QuantizedVector::quantize);
+    let query_lower = ctx.query.to_lowercase();
+    let mut by_kind = KindMemo::default();
+    let mut by_producer = ProducerMemo::default();
+    // Recency depends only on the age in rounds: compute the usual ages once.
+    let recency_of: [f32; 16] = std::array::from_fn(|age| recency(age as u32, w.recency_half_life));
     let mut scored: Vec<Scored> = Vec::with_capacity(n);
-    let mut cos_q = vec![0.0f32; n];
-    let mut cos_r = vec![0.0f32; n];
     let (mut max_bm25, mut max_q, mut max_r) = (0.0f32, 0.0f32, 0.0f32);
     for (i, c) in candidates.iter().enumerate() {
         // Candidates' vectors are separate allocations: fetch a few ahead of use.
@@ -260,83 +367,94 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
         {
             v.prefetch();
         }
-        let decision = if !c.item.readers.allows(role_name) {
+        let item = &c.item;
+        let kind = by_kind.get(&item.kind, ctx);
+        let decision = if !item.readers.allows(role_name) {
             Some(Reason::NotReadable)
-        } else if c.item.superseded {
+        } else if item.superseded {
             Some(Reason::Superseded)
-        } else if ctx.policy == Policy::Rcr && !ctx.role.reads_kind(&c.item.kind) {
+        } else if !kind.reads {
             Some(Reason::KindNotRead)
         } else {
             None
         }
         .map(|reason| Decision::Rejected { reason });
-        if decision.is_none() {
-            if let Some(v) = &c.vector {
-                if let Some(q) = &query_q {
-                    cos_q[i] = v.dot(q).max(0.0);
-                    max_q = max_q.max(cos_q[i]);
-                }
-                if let Some(r) = &role_q {
-                    cos_r[i] = v.dot(r).max(0.0);
-                    max_r = max_r.max(cos_r[i]);
-                }
-            }
-            max_bm25 = max_bm25.max(c.bm25.unwrap_or(0.0));
-        }
-        let title_tokens = c.item.title().map_or(0, |t| ctx.counter.count(t) + 1);
-        scored.push(Scored {
-            cost: c.item.tokens + ITEM_OVERHEAD_TOKENS + title_tokens,
+        let title = item.title();
+        let title_tokens = title.map_or(0, |t| ctx.counter.count(t) + 1);
+        let mut s = Scored {
+            cost: item.tokens + ITEM_OVERHEAD_TOKENS + title_tokens,
             score: ScoreBreakdown::default(),
             decision,
             truncated: None,
             strength: 0.0,
-        });
+            bm25: 0.0,
+            cos_q: 0.0,
+            cos_r: 0.0,
+            affinity: 0.0,
+            names_title: false,
+            kind_slot: kind.slot,
+            id: item.id,
+            seq: item.seq,
+            sources: c.sources,
+        };
+        if s.decision.is_none() {
+            if let Some(v) = &c.vector {
+                let (q, r) = match (&query_q, &role_q) {
+                    (Some(q), Some(r)) => v.dot_pair(q, r),
+                    (Some(q), None) => (v.dot(q), 0.0),
+                    (None, Some(r)) => (0.0, v.dot(r)),
+                    (None, None) => (0.0, 0.0),
+                };
+                s.cos_q = q.max(0.0);
+                s.cos_r = r.max(0.0);
+                max_q = max_q.max(s.cos_q);
+                max_r = max_r.max(s.cos_r);
+            }
+            s.bm25 = c.bm25.unwrap_or(0.0);
+            max_bm25 = max_bm25.max(s.bm25);
+            s.affinity = if ctx.role.affinity.is_empty() {
+                // No table: no need to read the producer's name.
+                ctx.role.default_affinity.clamp(0.0, 1.0)
+            } else {
+                by_producer.get(&item.producer.role, ctx.role)
+            };
+            // The query names the item's title: as relevant as an item can be.
+            s.names_title =
+                title.is_some_and(|t| crate::links::mentions(&query_lower, &t.to_lowercase()));
+            let age = ctx.round.saturating_sub(item.producer.round);
+            s.score.stage = kind.priority;
+            s.score.recency = recency_of
+                .get(age as usize)
+                .copied()
+                .unwrap_or_else(|| recency(age, w.recency_half_life));
+            s.score.importance = item.confidence.clamp(0.0, 1.0);
+        }
+        scored.push(s);
     }
 
     // 2. Components and totals (without the bridge).
     let norm = |x: f32, max: f32| if max > 0.0 { x / max } else { 0.0 };
-    let half_life = w.recency_half_life.max(0.01);
-    // Recency depends only on the age in rounds: compute each age once.
-    let recency_of: Vec<f32> = (0..16)
-        .map(|age| 0.5f32.powf(age as f32 / half_life))
-        .collect();
-    let query_lower = ctx.query.to_lowercase();
-    for (i, c) in candidates.iter().enumerate() {
-        let s = &mut scored[i];
+    for s in &mut scored {
         if s.decision.is_some() {
             continue;
         }
-        let bm25 = norm(c.bm25.unwrap_or(0.0), max_bm25);
-        let mut query = match (ctx.query_vector.is_some(), max_bm25 > 0.0) {
-            (true, true) => 0.5 * bm25 + 0.5 * norm(cos_q[i], max_q),
-            (true, false) => norm(cos_q[i], max_q),
-            (false, _) => bm25,
-        };
-        // The query names the item's title: as relevant as an item can be.
-        if c.item
-            .title()
-            .is_some_and(|t| crate::links::mentions(&query_lower, &t.to_lowercase()))
-        {
-            query = 1.0;
-        }
-        let affinity = ctx.role.affinity_for(&c.item.producer.role);
-        let role = if ctx.role_vector.is_some() {
-            0.5 * norm(cos_r[i], max_r) + 0.5 * affinity
+        let bm25 = norm(s.bm25, max_bm25);
+        let query = if s.names_title {
+            1.0
         } else {
-            affinity
+            match (ctx.query_vector.is_some(), max_bm25 > 0.0) {
+                (true, true) => 0.5 * bm25 + 0.5 * norm(s.cos_q, max_q),
+                (true, false) => norm(s.cos_q, max_q),
+                (false, _) => bm25,
+            }
         };
-        let age = ctx.round.saturating_sub(c.item.producer.round) as f32;
-        s.score = ScoreBreakdown {
-            role,
-            stage: ctx.stage.priority_of(&c.item.kind),
-            query,
-            recency: recency_of
-                .get(age as usize)
-                .copied()
-                .unwrap_or_else(|| 0.5f32.powf(age / half_life)),
-            importance: c.item.confidence.clamp(0.0, 1.0),
-            ..ScoreBreakdown::default()
+        let role = if ctx.role_vector.is_some() {
+            0.5 * norm(s.cos_r, max_r) + 0.5 * s.affinity
+        } else {
+            s.affinity
         };
+        s.score.role = role;
+        s.score.query = query;
         s.strength = query;
         s.score.total = w.role * role
             + w.stage * s.score.stage
@@ -347,18 +465,21 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
 
     // 3. Bridges: link the strongest candidates (and those reached through links).
     if ctx.policy == Policy::Rcr && w.bridge > 0.0 {
-        let mut strongest: Vec<usize> = (0..n).filter(|&i| scored[i].decision.is_none()).collect();
-        if strongest.len() > LINK_CANDIDATES {
-            strongest.select_nth_unstable_by(LINK_CANDIDATES - 1, |&a, &b| {
-                scored[b].score.total.total_cmp(&scored[a].score.total)
-            });
-            strongest.truncate(LINK_CANDIDATES);
+        // Selected on compact (total, index) pairs: a selection jumps around, and 8-byte
+        // pairs stay in cache where the per-candidate state would not.
+        let mut by_total: Vec<(f32, usize)> = scored
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.decision.is_none())
+            .map(|(i, s)| (s.score.total, i))
+            .collect();
+        if by_total.len() > LINK_CANDIDATES {
+            by_total.select_nth_unstable_by(LINK_CANDIDATES - 1, |a, b| b.0.total_cmp(&a.0));
+            by_total.truncate(LINK_CANDIDATES);
         }
-        for (i, c) in candidates.iter().enumerate() {
-            if c.sources.has(Sources::LINK)
-                && scored[i].decision.is_none()
-                && !strongest.contains(&i)
-            {
+        let mut strongest: Vec<usize> = by_total.into_iter().map(|(_, i)| i).collect();
+        for (i, s) in scored.iter().enumerate() {
+            if s.sources.has(Sources::LINK) && s.decision.is_none() && !strongest.contains(&i) {
                 strongest.push(i);
             }
         }
@@ -396,14 +517,12 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
 
     // 4. Budget for items, oversized items.
     let eligible: Vec<usize> = (0..n).filter(|&i| scored[i].decision.is_none()).collect();
-    let mut kinds: Vec<&Kind> = Vec::new();
+    let mut kind_present = vec![false; by_kind.slots()];
     for &i in &eligible {
-        let kind = &candidates[i].item.kind;
-        if !kinds.contains(&kind) {
-            kinds.push(kind);
-        }
+        kind_present[usize::from(scored[i].kind_slot)] = true;
     }
-    let reserve = HEADER_TOKENS + GROUP_HEADER_TOKENS * kinds.len() as u32;
+    let kinds = kind_present.iter().filter(|&&p| p).count();
+    let reserve = HEADER_TOKENS + GROUP_HEADER_TOKENS * kinds as u32;
     let item_budget = budget.saturating_sub(reserve);
     for &i in &eligible {
         if scored[i].cost <= item_budget {
@@ -432,12 +551,12 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
         Policy::Rcr => select_rcr(candidates, &mut scored, w, item_budget),
         Policy::Full => {
             let mut order: Vec<usize> = (0..n).filter(|&i| scored[i].decision.is_none()).collect();
-            order.sort_unstable_by_key(|&i| candidates[i].item.seq);
+            order.sort_unstable_by_key(|&i| scored[i].seq);
             take_in_order(&order, &mut scored, item_budget, usize::MAX)
         }
         Policy::Recency => {
             let mut order: Vec<usize> = (0..n).filter(|&i| scored[i].decision.is_none()).collect();
-            order.sort_unstable_by_key(|&i| std::cmp::Reverse(candidates[i].item.seq));
+            order.sort_unstable_by_key(|&i| std::cmp::Reverse(scored[i].seq));
             take_in_order(&order, &mut scored, item_budget, usize::MAX)
         }
         Policy::Static { k } => {
@@ -447,7 +566,7 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
                     .score
                     .query
                     .total_cmp(&scored[a].score.query)
-                    .then(candidates[a].item.seq.cmp(&candidates[b].item.seq))
+                    .then(scored[a].seq.cmp(&scored[b].seq))
             });
             take_in_order(&order, &mut scored, item_budget, k)
         }
@@ -473,20 +592,18 @@ pub fn pack(candidates: &[Candidate], ctx: &ScoringContext<'_>, budget: u32) -> 
 
     // Entries in candidate order (write order from the router): consumers sort as they like,
     // and a 10,000-candidate route does not pay for a sort nobody reads.
-    let entries: Vec<ManifestEntry> = (0..n)
-        .map(|i| {
-            let c = &candidates[i];
-            let s = &scored[i];
-            ManifestEntry {
-                id: c.item.id,
-                kind: c.item.kind.clone(),
-                tokens: s.cost,
-                sources: c.sources,
-                score: s.score,
-                decision: s.decision.unwrap_or(Decision::Rejected {
-                    reason: Reason::Budget,
-                }),
-            }
+    let kinds_by_slot = by_kind.by_slot();
+    let entries: Vec<ManifestEntry> = scored
+        .iter()
+        .map(|s| ManifestEntry {
+            id: s.id,
+            kind: kinds_by_slot[usize::from(s.kind_slot)].clone(),
+            tokens: s.cost,
+            sources: s.sources,
+            score: s.score,
+            decision: s.decision.unwrap_or(Decision::Rejected {
+                reason: Reason::Budget,
+            }),
         })
         .collect();
 
@@ -624,7 +741,7 @@ fn select_rcr(
         .iter()
         .map(|&i| Entry {
             density: value(scored[i].score.total) / scored[i].cost.max(1) as f32,
-            seq: candidates[i].item.seq,
+            seq: scored[i].seq,
             index: i,
             seen: 0,
         })

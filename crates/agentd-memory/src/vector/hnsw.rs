@@ -203,6 +203,72 @@ fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
     dot_i8_kernel(a, b)
 }
 
+/// Dot products of `v` with `a` and with `b` in one pass over `v` (exact in `i32`, as
+/// [`dot_i8`]): scoring a candidate against two vectors reads it from memory once.
+#[inline]
+pub(crate) fn dot_i8_pair(v: &[i8], a: &[i8], b: &[i8]) -> (i32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: `dot_i8_pair_avx2` only requires AVX2, checked at run time just above.
+            // Its body is safe code.
+            return unsafe { dot_i8_pair_avx2(v, a, b) };
+        }
+    }
+    dot_i8_pair_kernel(v, a, b)
+}
+
+#[inline(always)]
+fn dot_i8_pair_kernel(v: &[i8], a: &[i8], b: &[i8]) -> (i32, i32) {
+    let n = v.len().min(a.len()).min(b.len());
+    let (v, a, b) = (&v[..n], &a[..n], &b[..n]);
+    (dot_i8_kernel(v, a), dot_i8_kernel(v, b))
+}
+
+/// [`dot_i8_pair_kernel`] with AVX2 intrinsics (callers must check CPU support): per 16
+/// components, `v`, `a` and `b` are sign-extended to 16 bits once and multiply-added into two
+/// 32-bit accumulators, reduced once at the end.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn dot_i8_pair_avx2(v: &[i8], a: &[i8], b: &[i8]) -> (i32, i32) {
+    use std::arch::x86_64::{
+        __m128i, __m256i, _mm_loadu_si128, _mm256_add_epi32, _mm256_cvtepi8_epi16,
+        _mm256_madd_epi16, _mm256_setzero_si256,
+    };
+    #[inline(always)]
+    fn hsum(x: __m256i) -> i32 {
+        let mut lanes = [0i32; 8];
+        // SAFETY: `lanes` is 32 bytes, exactly one `__m256i`, and `write_unaligned` has no
+        // alignment requirement.
+        unsafe { std::ptr::write_unaligned(lanes.as_mut_ptr().cast::<__m256i>(), x) };
+        lanes.iter().fold(0i32, |s, &l| s.wrapping_add(l))
+    }
+    let n = v.len().min(a.len()).min(b.len());
+    let (v, a, b) = (&v[..n], &a[..n], &b[..n]);
+    let (cv, tv) = v.as_chunks::<16>();
+    let (ca, ta) = a.as_chunks::<16>();
+    let (cb, tb) = b.as_chunks::<16>();
+    let (mut acc_a, mut acc_b) = (_mm256_setzero_si256(), _mm256_setzero_si256());
+    for ((x, y), z) in cv.iter().zip(ca).zip(cb) {
+        // SAFETY: each chunk is 16 bytes, exactly one `__m128i`, and `_mm_loadu_si128` has no
+        // alignment requirement.
+        let (x, y, z) = unsafe {
+            (
+                _mm_loadu_si128(x.as_ptr().cast::<__m128i>()),
+                _mm_loadu_si128(y.as_ptr().cast::<__m128i>()),
+                _mm_loadu_si128(z.as_ptr().cast::<__m128i>()),
+            )
+        };
+        let x = _mm256_cvtepi8_epi16(x);
+        acc_a = _mm256_add_epi32(acc_a, _mm256_madd_epi16(x, _mm256_cvtepi8_epi16(y)));
+        acc_b = _mm256_add_epi32(acc_b, _mm256_madd_epi16(x, _mm256_cvtepi8_epi16(z)));
+    }
+    (
+        hsum(acc_a).wrapping_add(dot_i8_kernel(tv, ta)),
+        hsum(acc_b).wrapping_add(dot_i8_kernel(tv, tb)),
+    )
+}
+
 /// Vector storage as the graph code sees it: similarity between two stored nodes, and a
 /// prefetch hint. Implemented for the caller's `f32` buffer and for the temporary int8 copy
 /// used by bulk builds.
@@ -1604,6 +1670,14 @@ mod tests {
                 .sum();
             assert_eq!(dot_i8(&ca, &cb), exact);
             assert_eq!(dot_i8_kernel(&ca, &cb), exact);
+            let cc: Vec<i8> = (0..len).map(|_| rng.next_u64() as i8).collect();
+            let exact_c: i32 = ca
+                .iter()
+                .zip(&cc)
+                .map(|(&x, &y)| i32::from(x) * i32::from(y))
+                .sum();
+            assert_eq!(dot_i8_pair(&ca, &cb, &cc), (exact, exact_c));
+            assert_eq!(dot_i8_pair_kernel(&ca, &cb, &cc), (exact, exact_c));
         }
     }
 

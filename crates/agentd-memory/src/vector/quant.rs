@@ -6,7 +6,7 @@
 //! integer multiply-add. Each vector keeps one scale (its largest magnitude / 127), so a cosine
 //! of unit vectors is off by well under 0.01.
 
-use super::hnsw::{dot_i8, prefetch_lines};
+use super::hnsw::{dot_i8, dot_i8_pair, prefetch_lines};
 
 /// `values[i] as f32 * scale` approximates the original vector's `i`-th component.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -59,6 +59,17 @@ impl QuantizedVector {
     pub fn dot(&self, other: &QuantizedVector) -> f32 {
         dot_i8(&self.values, &other.values) as f32 * self.scale * other.scale
     }
+
+    /// Approximate dot products with `a` and with `b`, reading `self` once (the router scores
+    /// every candidate against the query and the role profile).
+    #[inline]
+    pub fn dot_pair(&self, a: &QuantizedVector, b: &QuantizedVector) -> (f32, f32) {
+        let (x, y) = dot_i8_pair(&self.values, &a.values, &b.values);
+        (
+            x as f32 * self.scale * a.scale,
+            y as f32 * self.scale * b.scale,
+        )
+    }
 }
 
 #[cfg(test)]
@@ -86,6 +97,8 @@ mod tests {
         assert!((exact - approx).abs() < 0.01, "{exact} vs {approx}");
         let self_sim = QuantizedVector::quantize(&a).dot(&QuantizedVector::quantize(&a));
         assert!((self_sim - 1.0).abs() < 0.01);
+        let (qa, qb) = (QuantizedVector::quantize(&a), QuantizedVector::quantize(&b));
+        assert_eq!(qa.dot_pair(&qb, &qa), (qa.dot(&qb), qa.dot(&qa)));
         let zero = QuantizedVector::quantize(&[0.0; 4]);
         assert_eq!(
             zero.dot(&QuantizedVector::quantize(&[1.0, 0.0, 0.0, 0.0])),
