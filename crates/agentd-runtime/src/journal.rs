@@ -211,6 +211,14 @@ impl Journal {
     /// no other sync is in progress; otherwise it waits, without blocking its thread, until a
     /// leader's sync covers its record (or leads the next one).
     pub async fn append_synced(&self, event: &Event) -> Result<(), JournalError> {
+        self.append_synced_busy(event, false).await
+    }
+
+    /// [`Journal::append_synced`], told whether other work is waiting for this executor (e.g.
+    /// other runs are active). A busy caller that leads a sync hands its thread's other tasks
+    /// to another thread first, so a sync never stalls a core that has work; an idle one syncs
+    /// on its own thread, which costs no hand-over.
+    pub async fn append_synced_busy(&self, event: &Event, busy: bool) -> Result<(), JournalError> {
         let upto = self.push(event);
         let sync = self.durability == Durability::Durable;
         self.syncing.fetch_add(1, Ordering::Relaxed);
@@ -224,10 +232,10 @@ impl Journal {
                 return Ok(());
             }
             if let Some(writer) = self.writer.try_lock() {
-                // With other appends in flight, runs are busy: the executor moves this thread's
-                // other tasks to another thread while it syncs. Alone, the hand-over would only
-                // add latency.
-                let busy = self.syncing.load(Ordering::Relaxed) > 1;
+                // With other appends in flight (or the caller's word for it), runs are busy:
+                // the executor moves this thread's other tasks to another thread while it
+                // syncs. Alone, the hand-over would only add latency.
+                let busy = busy || self.syncing.load(Ordering::Relaxed) > 1;
                 return if sync && busy && can_block_in_place() {
                     tokio::task::block_in_place(|| self.lead(writer, upto, sync))
                 } else {
@@ -381,8 +389,8 @@ fn encode(event: &Event) -> Vec<u8> {
     // Serialising our own types into a Vec cannot fail.
     let json = serde_json::to_vec(event).expect("events serialise");
     let payload = if json.len() >= COMPRESS_FROM {
-        match zstd::bulk::compress(&json, 1) {
-            Ok(packed) if packed.len() < json.len() => packed,
+        match compress(&json) {
+            Some(packed) if packed.len() < json.len() => packed,
             _ => json,
         }
     } else {
@@ -393,6 +401,24 @@ fn encode(event: &Event) -> Vec<u8> {
     frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
     frame.extend_from_slice(&payload);
     frame
+}
+
+thread_local! {
+    /// A zstd compression context per thread: creating one allocates and zeroes its tables,
+    /// which costs more than compressing a manifest.
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// zstd level 1 with this thread's reused context; `None` if zstd fails (stored raw then).
+fn compress(data: &[u8]) -> Option<Vec<u8>> {
+    COMPRESSOR.with(|cell| {
+        let mut slot = cell.try_borrow_mut().ok()?;
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Compressor::new(1).ok()?);
+        }
+        slot.as_mut()?.compress(data).ok()
+    })
 }
 
 fn decode(payload: &[u8]) -> Result<Event, String> {

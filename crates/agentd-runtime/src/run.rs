@@ -163,7 +163,9 @@ pub(crate) async fn record(
     };
     if let Some(journal) = &rt.journal {
         if sync {
-            journal.append_synced(&event).await?;
+            // Other active runs have nodes to run while this one syncs.
+            let busy = rt.active.load(Ordering::Relaxed) > 1;
+            journal.append_synced_busy(&event, busy).await?;
         } else {
             journal.append(&event)?;
         }
