@@ -19,6 +19,22 @@ pub fn rss_peak_mb() -> f64 {
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
+/// CPU time (user + system, all threads) the process has used so far, in seconds; 0 where
+/// `/proc/self/stat` is unavailable. Resolution: one clock tick (`USER_HZ`, 100 on Linux).
+pub fn cpu_time_s() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            // Fields after the command name (which may hold spaces, so split after its ')').
+            let rest = &s[s.rfind(')')? + 2..];
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // utime and stime are fields 14 and 15 of the whole line, 12 and 13 of `rest`.
+            let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 /// The `p`-th percentile (0..=100) of `samples`, by nearest rank; 0 for no samples.
 pub fn percentile(samples: &mut [f64], p: f64) -> f64 {
     if samples.is_empty() {

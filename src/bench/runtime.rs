@@ -25,7 +25,7 @@ use agentd_runtime::{Durability, NodeTimings, RunRequest, RunStatus, Runtime};
 use agentd_workflow::Workflow;
 use serde::Serialize;
 
-use super::{percentile, rss_peak_mb};
+use super::{cpu_time_s, percentile, rss_peak_mb};
 
 /// Arguments of `agentd bench runtime`.
 #[derive(clap::Args, Clone, Debug)]
@@ -89,6 +89,14 @@ pub struct RuntimeReport {
     /// the nodes run (µs). Mostly waiting on the disk, which overlaps other nodes' work: the
     /// wall-time cost is `checkpoint_amortised_us`.
     pub checkpoint_sync_us_per_node: f64,
+    /// CPU time (user + system, all threads) per node at `concurrency`, durable (µs): on 2
+    /// cores a concurrent batch is CPU-bound, so this is what a node costs the machine.
+    pub cpu_per_node_durable_us: f64,
+    /// The same with checkpoints off (µs).
+    pub cpu_per_node_off_us: f64,
+    /// `cpu_per_node_durable_us - cpu_per_node_off_us`: the CPU durable checkpoints cost per
+    /// node at `concurrency` (encoding, writes, syncs and the thread hand-overs around them).
+    pub checkpoint_cpu_us: f64,
     /// Memory store fsyncs (write-back) per node at `concurrency`, durable (0 with
     /// `--store-buffered`): below 1 when writers share them (group commit).
     pub store_syncs_per_node: f64,
@@ -174,6 +182,8 @@ fn scripted_llm() -> Arc<dyn LlmClient> {
 
 struct Phase {
     wall: Duration,
+    /// CPU time of the measured runs (s).
+    cpu_s: f64,
     timings: Vec<(Duration, Duration)>,
     /// The journal's syncs during the measured runs (none with checkpoints off).
     syncs: agentd_runtime::journal::SyncStats,
@@ -222,6 +232,7 @@ async fn phase(
     timings.take();
     let syncs_before = runtime.journal_sync_stats().unwrap_or_default();
     let flushes_before = embedded.write_flushes();
+    let cpu_before = cpu_time_s();
     let started = Instant::now();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
     let mut tasks = Vec::with_capacity(runs);
@@ -247,12 +258,14 @@ async fn phase(
         }
     }
     let wall = started.elapsed();
+    let cpu_s = cpu_time_s() - cpu_before;
     let syncs_after = runtime.journal_sync_stats().unwrap_or_default();
     let store_flushes = embedded.write_flushes() - flushes_before;
     runtime.close();
     drop(runtime);
     Ok(Phase {
         wall,
+        cpu_s,
         timings: timings.take(),
         syncs: agentd_runtime::journal::SyncStats {
             syncs: syncs_after.syncs - syncs_before.syncs,
@@ -350,6 +363,7 @@ pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
         .map(|(_, w)| w.as_secs_f64() * 1e6)
         .collect();
     let per_node = |p: &Phase| p.wall.as_secs_f64() * 1e6 / p.timings.len().max(1) as f64;
+    let cpu_per_node = |p: &Phase| p.cpu_s * 1e6 / p.timings.len().max(1) as f64;
     let mut concurrent_us = overheads_us(&c_durable.timings);
     let c_nodes = c_durable.timings.len().max(1) as f64;
     let durable_p50 = percentile(&mut durable_us, 50.0);
@@ -373,6 +387,9 @@ pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
         wall_per_node_durable_us: per_node(&c_durable),
         wall_per_node_off_us: per_node(&c_off),
         checkpoint_amortised_us: per_node(&c_durable) - per_node(&c_off),
+        cpu_per_node_durable_us: cpu_per_node(&c_durable),
+        cpu_per_node_off_us: cpu_per_node(&c_off),
+        checkpoint_cpu_us: cpu_per_node(&c_durable) - cpu_per_node(&c_off),
         checkpoint_syncs_per_node: c_durable.syncs.syncs as f64 / c_nodes,
         checkpoint_sync_us_per_node: c_durable.syncs.time.as_secs_f64() * 1e6 / c_nodes,
         store_syncs_per_node: c_durable.store_flushes as f64 / c_nodes,
