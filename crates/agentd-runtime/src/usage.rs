@@ -67,14 +67,8 @@ impl RunUsage {
     /// Records a finished node.
     pub fn record_node(&mut self, node: &str, role: &str, round: u32, usage: &UsageTotals) {
         self.total.merge(usage);
-        self.by_node
-            .entry(node.to_owned())
-            .or_default()
-            .merge(usage);
-        self.by_role
-            .entry(role.to_owned())
-            .or_default()
-            .merge(usage);
+        merge_into(&mut self.by_node, node, usage);
+        merge_into(&mut self.by_role, role, usage);
         self.by_round.entry(round).or_default().merge(usage);
     }
 
@@ -95,6 +89,17 @@ impl RunUsage {
         }
         row("total", &self.total);
         out
+    }
+}
+
+/// Adds `usage` to `map[key]`, allocating the key only the first time it is seen (a run
+/// records every node, usually under names it has seen before).
+fn merge_into(map: &mut BTreeMap<String, UsageTotals>, key: &str, usage: &UsageTotals) {
+    match map.get_mut(key) {
+        Some(totals) => totals.merge(usage),
+        None => {
+            map.insert(key.to_owned(), *usage);
+        }
     }
 }
 
