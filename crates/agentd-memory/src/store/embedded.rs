@@ -71,7 +71,7 @@ const RECORD_V1: u8 = 1;
 /// reach it sooner. Callers that need speed over recall (the router's candidate searches) pass
 /// a smaller `SearchQuery::ef`.
 pub const DEFAULT_EF_SEARCH: usize = 1280;
-/// The graph builder waits until no write came for this long...
+/// The graph builder waits until no write is in progress and none came for this long...
 const GRAPH_QUIET_MS: u64 = 300;
 /// ...unless this many rows of a namespace wait for the graph.
 const GRAPH_TAIL_CAP: usize = 200_000;
@@ -201,6 +201,9 @@ struct Shared {
     shutdown: std::sync::atomic::AtomicBool,
     /// When the last write was published (ms since the epoch).
     last_write_ms: std::sync::atomic::AtomicU64,
+    /// Writes in progress: while any is, writes are not quiet, however long it takes (a bulk
+    /// batch of thousands of items takes longer than `GRAPH_QUIET_MS` on a loaded machine).
+    writing: std::sync::atomic::AtomicUsize,
     /// Sequence number of the newest published item (0: none).
     last_seq: std::sync::atomic::AtomicU64,
 }
@@ -398,6 +401,7 @@ impl EmbeddedStore {
             wake_cv: Condvar::new(),
             shutdown: std::sync::atomic::AtomicBool::new(false),
             last_write_ms: std::sync::atomic::AtomicU64::new(0),
+            writing: std::sync::atomic::AtomicUsize::new(0),
             last_seq: std::sync::atomic::AtomicU64::new(next_seq - 1),
         });
         let builder = {
@@ -975,6 +979,7 @@ impl MemoryStore for EmbeddedStore {
                 superseded: false,
             })
             .collect();
+        let _writing = Writing::enter(&self.shared);
         if stored.len() >= PARALLEL_COMMIT_MIN {
             self.put_large(stored)
         } else {
@@ -1576,7 +1581,11 @@ fn build_graphs(shared: &Shared) {
             if tail == 0 {
                 break;
             }
-            let quiet_for = now_ms().saturating_sub(shared.last_write_ms.load(Ordering::Acquire));
+            let quiet_for = if shared.writing.load(Ordering::Acquire) > 0 {
+                0
+            } else {
+                now_ms().saturating_sub(shared.last_write_ms.load(Ordering::Acquire))
+            };
             if quiet_for < GRAPH_QUIET_MS && tail < GRAPH_TAIL_CAP {
                 std::thread::sleep(Duration::from_millis(GRAPH_QUIET_MS / 2));
                 continue;
@@ -1617,6 +1626,24 @@ fn now_ms() -> u64 {
     Timestamp::now().0
 }
 
+/// Counts a write in progress for the graph builder (see `Shared::writing`); on exit the write
+/// counts as the latest one.
+struct Writing<'a>(&'a Shared);
+
+impl<'a> Writing<'a> {
+    fn enter(shared: &'a Shared) -> Self {
+        shared.writing.fetch_add(1, Ordering::AcqRel);
+        Writing(shared)
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.0.last_write_ms.store(now_ms(), Ordering::Release);
+        self.0.writing.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 fn dir_size(path: &Path) -> u64 {
     let Ok(entries) = std::fs::read_dir(path) else {
         return 0;
@@ -1629,4 +1656,43 @@ fn dir_size(path: &Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embed::HashingEmbedder;
+    use crate::item::Kind;
+
+    #[test]
+    fn the_graph_builder_waits_while_a_write_is_in_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut options = StoreOptions::new(
+            Arc::new(HashingEmbedder::new(64).unwrap()),
+            crate::tokens::default_token_counter(),
+        );
+        options.ann_min_rows = 100;
+        let store = EmbeddedStore::open(dir.path(), options).unwrap();
+        let backlog = || store.shared.state.read().vectors.ann_backlog().len();
+        // A write that outlasts the quiet period (as a bulk batch on a loaded machine does):
+        // held open across the batch below, and its "last write" dated long ago.
+        let writing = Writing::enter(&store.shared);
+        let items = (0..300)
+            .map(|i| {
+                NewItem::new(
+                    "big",
+                    Kind::Document,
+                    format!("document {i} on topic {}", i % 7),
+                )
+            })
+            .collect();
+        store.put_batch(items).unwrap();
+        store.shared.last_write_ms.store(0, Ordering::Release);
+        store.wake_builder();
+        std::thread::sleep(Duration::from_millis(GRAPH_QUIET_MS * 2));
+        assert_eq!(backlog(), 1, "the graph waited for the write in progress");
+        drop(writing);
+        store.wait_for_vector_index();
+        assert_eq!(backlog(), 0, "the graph caught up once writes went quiet");
+    }
 }
