@@ -34,8 +34,7 @@
 //! than the text index's commit watermark are re-indexed on open (replacing any document with
 //! the same sequence number), so nothing acknowledged is lost or duplicated; an index that may
 //! have lost writes to a machine crash, or that tantivy cannot open, is rebuilt from sled.
-//! Embeddings of a batch are stored in sled values of [`BLOB_ITEMS`] items each (see
-//! [`encode_blob`]), written in the batch's sled write.
+//! Embeddings of a batch are stored as one sled value (see [`encode_blob`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -237,14 +236,7 @@ fn item_key(id: &ItemId) -> [u8; 17] {
     k
 }
 
-/// Items per embedding blob. A batch's vectors are stored in blobs of this many items, keyed by
-/// their first sequence number. sled keeps up to 16 keys in a leaf and re-serialises the whole
-/// leaf when one of them changes (beyond a size, into a new file), so one blob per bulk batch
-/// (megabytes) made every later batch rewrite the previous ones: small blobs keep leaves small.
-/// Stores written with larger blobs (one per batch) load the same way.
-const BLOB_ITEMS: usize = 4;
-
-/// Key of the embedding blob whose first item has sequence number `first_seq`.
+/// Key of the embedding blob of the batch whose first sequence number is `first_seq`.
 fn blob_key(first_seq: u64) -> [u8; 9] {
     let mut k = [0u8; 9];
     k[0] = b'b';
@@ -273,9 +265,10 @@ fn encode_item(item: &MemoryItem) -> Vec<u8> {
     out
 }
 
-/// Embeddings of consecutive items (a batch, or a [`BLOB_ITEMS`] slice of one) in one sled
-/// value: `count: u32, dim: u32`, then `count` ids, then `count * dim` little-endian f32. The
-/// items have consecutive sequence numbers, so item `seq` sits at index `seq - first_seq`.
+/// One batch's embeddings in one sled value: `count: u32, dim: u32`, then `count` ids, then
+/// `count * dim` little-endian f32. A batch's items have consecutive sequence numbers, so item
+/// `seq` sits at index `seq - first_seq`. One large value costs far less to write than one key
+/// per vector.
 fn encode_blob(items: &[MemoryItem], vectors: &[Vec<f32>], dim: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(8 + items.len() * (16 + dim * 4));
     out.extend_from_slice(&(items.len() as u32).to_le_bytes());
@@ -616,16 +609,10 @@ impl EmbeddedStore {
         for item in stored {
             batch.insert(&item_key(&item.id)[..], encode_item(item));
         }
-        for (chunk, (items, vectors)) in stored
-            .chunks(BLOB_ITEMS)
-            .zip(vectors.chunks(BLOB_ITEMS))
-            .enumerate()
-        {
-            batch.insert(
-                &blob_key(first_seq + (chunk * BLOB_ITEMS) as u64)[..],
-                encode_blob(items, vectors, self.embedder.dimension()),
-            );
-        }
+        batch.insert(
+            &blob_key(first_seq)[..],
+            encode_blob(stored, vectors, self.embedder.dimension()),
+        );
         let next_seq = first_seq + stored.len() as u64;
         batch.insert(meta_key("next_seq"), &next_seq.to_be_bytes()[..]);
         phases.lap("sled_encode");
@@ -772,9 +759,7 @@ impl EmbeddedStore {
                 for item in &stored {
                     undo.remove(&item_key(&item.id)[..]);
                 }
-                for chunk in 0..stored.len().div_ceil(BLOB_ITEMS) {
-                    undo.remove(&blob_key(first_seq + (chunk * BLOB_ITEMS) as u64)[..]);
-                }
+                undo.remove(&blob_key(first_seq)[..]);
                 if let Err(undo_err) = self
                     .db
                     .apply_batch(undo)
