@@ -40,6 +40,14 @@ pub struct RuntimeArgs {
     /// second; a crash can lose them). Default: fsynced, the store's default.
     #[arg(long)]
     pub store_buffered: bool,
+    /// How long a checkpoint waits for company under load, in µs (default: the runtime's,
+    /// see `RuntimeBuilder::commit_delay`; 0 syncs every checkpoint at once).
+    #[arg(long)]
+    pub commit_delay_us: Option<u64>,
+    /// Durable and checkpoint-off batches at `concurrency`, alternated; the concurrent
+    /// figures are medians over the pairs.
+    #[arg(long, default_value_t = 10)]
+    pub pairs: usize,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -50,6 +58,9 @@ pub struct RuntimeArgs {
 pub struct RuntimeReport {
     /// Runs per phase.
     pub runs: usize,
+    /// Alternated pairs of concurrent batches (durable, off) the concurrent figures are
+    /// medians over.
+    pub pairs: usize,
     /// Nodes per run.
     pub nodes_per_run: usize,
     /// Concurrency of the concurrent phases.
@@ -69,7 +80,8 @@ pub struct RuntimeReport {
     pub durable_over_fsync: f64,
     /// A node's own work (routing, prompt, scripted reply, parsing, write-back), median (µs).
     pub node_work_p50_us: f64,
-    /// Runs per second at `concurrency`, durable checkpoints.
+    /// Runs per second at `concurrency`, durable checkpoints (median over the pairs, as are
+    /// the other concurrent figures).
     pub runs_per_s_durable: f64,
     /// Runs per second at `concurrency`, checkpoints off.
     pub runs_per_s_off: f64,
@@ -79,8 +91,8 @@ pub struct RuntimeReport {
     /// The same with checkpoints off (µs).
     pub wall_per_node_off_us: f64,
     /// What durable checkpoints add per node at `concurrency`, amortised over group commits:
-    /// `wall_per_node_durable_us - wall_per_node_off_us` (µs; noisy, the difference of two
-    /// batches).
+    /// the median over the pairs of `wall_per_node_durable_us - wall_per_node_off_us` (µs;
+    /// noisy, each the difference of two batches).
     pub checkpoint_amortised_us: f64,
     /// Journal syncs per node at `concurrency`, durable: below 1 when checkpoints share syncs
     /// (group commit).
@@ -199,6 +211,7 @@ async fn phase(
     runs: usize,
     concurrency: usize,
     store_fsync: bool,
+    commit_delay: Option<Duration>,
 ) -> anyhow::Result<Phase> {
     let dir = tempfile::tempdir()?;
     let durability_store = if store_fsync {
@@ -216,7 +229,11 @@ async fn phase(
     let embedded = Arc::new(EmbeddedStore::open(dir.path().join("memory"), options)?);
     let store: Arc<dyn MemoryStore> = Arc::clone(&embedded) as Arc<dyn MemoryStore>;
     let timings = Arc::new(NodeTimings::default());
-    let runtime = Runtime::builder()
+    let mut builder = Runtime::builder();
+    if let Some(delay) = commit_delay {
+        builder = builder.commit_delay(delay);
+    }
+    let runtime = builder
         .data_dir(dir.path())
         .store(store)
         .llm(scripted_llm())
@@ -311,6 +328,7 @@ pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
             .map_err(|e| anyhow::anyhow!("{e}"))?,
     );
     let nodes_per_run = workflow.nodes.len() * workflow.max_rounds as usize;
+    let delay = args.commit_delay_us.map(Duration::from_micros);
 
     // The disk's fsync cost drifts with the machine's other I/O: sample it before and after
     // the phases, and compare against the median of both.
@@ -322,6 +340,7 @@ pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
         args.runs,
         1,
         !args.store_buffered,
+        delay,
     )
     .await?;
     eprintln!("bench runtime: sequential, durable checkpoints");
@@ -331,26 +350,40 @@ pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
         args.runs,
         1,
         !args.store_buffered,
+        delay,
     )
     .await?;
-    eprintln!("bench runtime: concurrency {}, durable", args.concurrency);
-    let c_durable = phase(
-        &workflow,
-        Durability::Durable,
-        args.runs,
-        args.concurrency,
-        !args.store_buffered,
-    )
-    .await?;
-    eprintln!("bench runtime: concurrency {}, off", args.concurrency);
-    let c_off = phase(
-        &workflow,
-        Durability::Off,
-        args.runs,
-        args.concurrency,
-        !args.store_buffered,
-    )
-    .await?;
+    // The concurrent figures are differences of two batches on a noisy machine: alternate
+    // durable and off batches (D O O D D O ...) and report medians over the pairs.
+    let mut pairs = Vec::with_capacity(args.pairs);
+    for k in 0..args.pairs.max(1) {
+        let mut pair = [None, None];
+        let order = if k % 2 == 0 { [0, 1] } else { [1, 0] };
+        for which in order {
+            let durability = [Durability::Durable, Durability::Off][which];
+            eprintln!(
+                "bench runtime: concurrency {}, {durability:?} (pair {}/{})",
+                args.concurrency,
+                k + 1,
+                args.pairs.max(1)
+            );
+            pair[which] = Some(
+                phase(
+                    &workflow,
+                    durability,
+                    args.runs,
+                    args.concurrency,
+                    !args.store_buffered,
+                    delay,
+                )
+                .await?,
+            );
+        }
+        let [Some(d), Some(o)] = pair else {
+            unreachable!("both phases of a pair ran")
+        };
+        pairs.push((d, o));
+    }
     fsync_us.extend(fsync_samples_us()?);
     let fsync = percentile(&mut fsync_us, 50.0);
 
@@ -364,11 +397,26 @@ pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
         .collect();
     let per_node = |p: &Phase| p.wall.as_secs_f64() * 1e6 / p.timings.len().max(1) as f64;
     let cpu_per_node = |p: &Phase| p.cpu_s * 1e6 / p.timings.len().max(1) as f64;
-    let mut concurrent_us = overheads_us(&c_durable.timings);
-    let c_nodes = c_durable.timings.len().max(1) as f64;
+    let median = |f: &dyn Fn(&(Phase, Phase)) -> f64| {
+        let mut v: Vec<f64> = pairs.iter().map(f).collect();
+        percentile(&mut v, 50.0)
+    };
+    let mut concurrent_us: Vec<f64> = pairs
+        .iter()
+        .flat_map(|(d, _)| overheads_us(&d.timings))
+        .collect();
+    let c_nodes = pairs
+        .iter()
+        .map(|(d, _)| d.timings.len())
+        .sum::<usize>()
+        .max(1) as f64;
+    let c_syncs: u64 = pairs.iter().map(|(d, _)| d.syncs.syncs).sum();
+    let c_sync_time: f64 = pairs.iter().map(|(d, _)| d.syncs.time.as_secs_f64()).sum();
+    let c_flushes: u64 = pairs.iter().map(|(d, _)| d.store_flushes).sum();
     let durable_p50 = percentile(&mut durable_us, 50.0);
     Ok(RuntimeReport {
         runs: args.runs,
+        pairs: pairs.len(),
         nodes_per_run,
         concurrency: args.concurrency,
         overhead_off_p50_us: percentile(&mut off_us, 50.0),
@@ -382,17 +430,17 @@ pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
             0.0
         },
         node_work_p50_us: percentile(&mut work_us, 50.0),
-        runs_per_s_durable: args.runs as f64 / c_durable.wall.as_secs_f64(),
-        runs_per_s_off: args.runs as f64 / c_off.wall.as_secs_f64(),
-        wall_per_node_durable_us: per_node(&c_durable),
-        wall_per_node_off_us: per_node(&c_off),
-        checkpoint_amortised_us: per_node(&c_durable) - per_node(&c_off),
-        cpu_per_node_durable_us: cpu_per_node(&c_durable),
-        cpu_per_node_off_us: cpu_per_node(&c_off),
-        checkpoint_cpu_us: cpu_per_node(&c_durable) - cpu_per_node(&c_off),
-        checkpoint_syncs_per_node: c_durable.syncs.syncs as f64 / c_nodes,
-        checkpoint_sync_us_per_node: c_durable.syncs.time.as_secs_f64() * 1e6 / c_nodes,
-        store_syncs_per_node: c_durable.store_flushes as f64 / c_nodes,
+        runs_per_s_durable: median(&|(d, _)| args.runs as f64 / d.wall.as_secs_f64()),
+        runs_per_s_off: median(&|(_, o)| args.runs as f64 / o.wall.as_secs_f64()),
+        wall_per_node_durable_us: median(&|(d, _)| per_node(d)),
+        wall_per_node_off_us: median(&|(_, o)| per_node(o)),
+        checkpoint_amortised_us: median(&|(d, o)| per_node(d) - per_node(o)),
+        cpu_per_node_durable_us: median(&|(d, _)| cpu_per_node(d)),
+        cpu_per_node_off_us: median(&|(_, o)| cpu_per_node(o)),
+        checkpoint_cpu_us: median(&|(d, o)| cpu_per_node(d) - cpu_per_node(o)),
+        checkpoint_syncs_per_node: c_syncs as f64 / c_nodes,
+        checkpoint_sync_us_per_node: c_sync_time * 1e6 / c_nodes,
+        store_syncs_per_node: c_flushes as f64 / c_nodes,
         overhead_concurrent_durable_p50_us: percentile(&mut concurrent_us, 50.0),
         rss_peak_mb: rss_peak_mb(),
     })
