@@ -367,10 +367,16 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
                     dispatched[i] = true;
                     dispatched_at[i] = Some(Instant::now());
                     in_flight += 1;
-                    mailboxes[i]
-                        .send(NodeCommand { round })
-                        .await
-                        .map_err(|_| RuntimeError::Internal("a node actor stopped".into()))?;
+                    // A node has one command at a time, so its mailbox has room: no need
+                    // to go through the channel's wait for a permit.
+                    let stopped = || RuntimeError::Internal("a node actor stopped".into());
+                    match mailboxes[i].try_send(NodeCommand { round }) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(cmd)) => {
+                            mailboxes[i].send(cmd).await.map_err(|_| stopped())?;
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return Err(stopped()),
+                    }
                 }
             }
             if in_flight == 0 {
@@ -542,7 +548,13 @@ async fn node_actor(
             round: cmd.round,
             result,
         };
-        if reports.send(report).await.is_err() {
+        // The report channel holds one report per node: there is always room.
+        let sent = match reports.try_send(report) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(report)) => reports.send(report).await.is_ok(),
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        };
+        if !sent {
             break;
         }
     }
