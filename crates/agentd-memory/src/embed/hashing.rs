@@ -169,6 +169,11 @@ impl Embedder for HashingEmbedder {
         self.dimension
     }
 
+    /// Feature hashing is a pure function of the text and costs a few microseconds.
+    fn recomputable(&self) -> bool {
+        true
+    }
+
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError> {
         let mut scratch = HashingScratch::default();
         texts

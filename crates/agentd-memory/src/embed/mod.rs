@@ -63,6 +63,13 @@ pub trait Embedder: Send + Sync {
     /// punctuation) may yield the all-zero vector, whose cosine with anything is 0.
     fn embed_batch(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>, EmbedError>;
 
+    /// Whether a vector is a cheap, deterministic function of its text (microseconds, the
+    /// same on every run), so a store need not persist it: it recomputes it when it opens.
+    /// Default `false` (model inference is too slow to redo at every start).
+    fn recomputable(&self) -> bool {
+        false
+    }
+
     /// Embed a search query. The default embeds it like a document (`embed_batch` of one);
     /// models with query/document prefixes can override it.
     fn embed_query(&self, text: &str) -> Result<Vec<f32>, EmbedError> {

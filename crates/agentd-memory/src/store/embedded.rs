@@ -34,7 +34,11 @@
 //! than the text index's commit watermark are re-indexed on open (replacing any document with
 //! the same sequence number), so nothing acknowledged is lost or duplicated; an index that may
 //! have lost writes to a machine crash, or that tantivy cannot open, is rebuilt from sled.
-//! Embeddings of a batch are stored as one sled value (see [`encode_blob`]).
+//! Embeddings of a batch are stored as one sled value (see [`encode_blob`]), unless the
+//! embedder is [recomputable](crate::embed::Embedder::recomputable) (the hashing embedder):
+//! then they are not stored at all and are recomputed from the items' text on open, which
+//! takes a multi-megabyte value off every bulk write. Stores with stored embeddings open as
+//! before; an item without one is recomputed if the embedder allows it, an error otherwise.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -59,8 +63,13 @@ use crate::item::{ItemId, MemoryItem, NewItem, Timestamp};
 use crate::tokens::TokenCounter;
 use crate::vector::hnsw::HnswParams;
 
-/// The on-disk schema this build writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+/// The on-disk schema this build writes. Version 2: embeddings of a recomputable embedder are
+/// not stored (see the module docs). This build also opens version 1 stores, and marks them
+/// version 2 when it opens them with a recomputable embedder (from then on they may hold
+/// items without a stored embedding, which a version 1 build would call corrupt).
+pub const SCHEMA_VERSION: u32 = 2;
+/// The oldest schema this build opens.
+const OLDEST_SCHEMA: u32 = 1;
 const FORMAT: &str = "agentd-memory";
 const MARKER: &str = "STORE";
 /// Record encoding version (first byte of every item record).
@@ -331,9 +340,12 @@ impl EmbeddedStore {
     /// [`MemoryError::Locked`] when another process has it open, [`MemoryError::Corrupt`].
     pub fn open(path: impl AsRef<Path>, options: StoreOptions) -> Result<Self> {
         let path = path.as_ref().to_owned();
-        let created = prepare_directory(&path)?;
+        let (created, schema) = prepare_directory(&path)?;
         let db = open_sled(&path, &options)?;
         check_meta(&path, &db, &options, created)?;
+        if schema < SCHEMA_VERSION && options.embedder.recomputable() {
+            write_marker(&path)?;
+        }
 
         let (text, mut index_writer, fresh) = TextIndex::open(&path.join("text"))?;
         let dim = options.embedder.dimension();
@@ -341,7 +353,7 @@ impl EmbeddedStore {
             catalog: Catalog::default(),
             vectors: VectorIndex::new(dim, options.hnsw.clone(), options.ann_min_rows),
         };
-        let mut max_seq = load(&path, &db, &mut state, dim)?;
+        let mut max_seq = load(&path, &db, &mut state, options.embedder.as_ref())?;
         let graphs =
             super::vectors::saved::load(&path.join("graphs"), &mut state.vectors, &state.catalog);
         if graphs > 0 {
@@ -609,10 +621,12 @@ impl EmbeddedStore {
         for item in stored {
             batch.insert(&item_key(&item.id)[..], encode_item(item));
         }
-        batch.insert(
-            &blob_key(first_seq)[..],
-            encode_blob(stored, vectors, self.embedder.dimension()),
-        );
+        if !self.embedder.recomputable() {
+            batch.insert(
+                &blob_key(first_seq)[..],
+                encode_blob(stored, vectors, self.embedder.dimension()),
+            );
+        }
         let next_seq = first_seq + stored.len() as u64;
         batch.insert(meta_key("next_seq"), &next_seq.to_be_bytes()[..]);
         phases.lap("sled_encode");
@@ -842,6 +856,10 @@ impl EmbeddedStore {
             let count = bytes.get(0..4).map_or(0, |b| {
                 u32::from_le_bytes(b.try_into().expect("4 bytes")) as usize
             });
+            if seq >= first + count as u64 {
+                // Written without a blob (a recomputable embedder).
+                continue;
+            }
             if !firsts.iter().any(|&(f, _)| f == first) {
                 firsts.push((first, count));
             }
@@ -1297,8 +1315,18 @@ fn embed_parallel(embedder: &dyn Embedder, items: &[MemoryItem]) -> Result<Vec<V
     Ok(vectors)
 }
 
-/// Validates the directory: returns whether the store is being created.
-fn prepare_directory(path: &Path) -> Result<bool> {
+/// Writes (or upgrades) the store's marker with this build's schema version.
+fn write_marker(path: &Path) -> Result<()> {
+    let marker = serde_json::to_vec_pretty(&Marker {
+        format: FORMAT.into(),
+        schema_version: SCHEMA_VERSION,
+    })
+    .expect("marker serialises");
+    write_synced(&path.join(MARKER), &marker)
+}
+
+/// Validates the directory: returns whether the store is being created, and its schema version.
+fn prepare_directory(path: &Path) -> Result<(bool, u32)> {
     if path.exists() && !path.is_dir() {
         return Err(MemoryError::ForeignDirectory {
             path: path.to_owned(),
@@ -1317,14 +1345,14 @@ fn prepare_directory(path: &Path) -> Result<bool> {
                     path: path.to_owned(),
                 });
             }
-            if marker.schema_version != SCHEMA_VERSION {
+            if !(OLDEST_SCHEMA..=SCHEMA_VERSION).contains(&marker.schema_version) {
                 return Err(MemoryError::UnsupportedSchema {
                     path: path.to_owned(),
                     found: marker.schema_version,
                     supported: SCHEMA_VERSION,
                 });
             }
-            Ok(false)
+            Ok((false, marker.schema_version))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if path.exists() {
@@ -1338,13 +1366,8 @@ fn prepare_directory(path: &Path) -> Result<bool> {
             }
             std::fs::create_dir_all(path)
                 .map_err(|e| MemoryError::io(format!("creating {}", path.display()), e))?;
-            let marker = serde_json::to_vec_pretty(&Marker {
-                format: FORMAT.into(),
-                schema_version: SCHEMA_VERSION,
-            })
-            .expect("marker serialises");
-            write_synced(&marker_path, &marker)?;
-            Ok(true)
+            write_marker(path)?;
+            Ok((true, SCHEMA_VERSION))
         }
         Err(e) => Err(MemoryError::io(
             format!("reading {}", marker_path.display()),
@@ -1462,7 +1485,10 @@ fn read_item(path: &Path, db: &sled::Db, id: &ItemId) -> Result<Option<MemoryIte
 }
 
 /// Loads every item's metadata and vector into `state`; returns the highest sequence number.
-fn load(path: &Path, db: &sled::Db, state: &mut State, dim: usize) -> Result<u64> {
+/// Vectors come from the embedding blobs; items no blob holds get theirs recomputed from
+/// their text when the embedder is recomputable (see [`Embedder::recomputable`]).
+fn load(path: &Path, db: &sled::Db, state: &mut State, embedder: &dyn Embedder) -> Result<u64> {
+    let dim = embedder.dimension();
     let corrupt = |reason: String| MemoryError::Corrupt {
         path: path.to_owned(),
         reason,
@@ -1483,15 +1509,21 @@ fn load(path: &Path, db: &sled::Db, state: &mut State, dim: usize) -> Result<u64
         catalog,
         vectors: vindex,
     } = state;
-    let mut pending = items.iter().peekable();
+    let mut add = |item: &MemoryItem, vector: &[f32]| {
+        let ns: Sym = catalog.syms.intern(&item.namespace);
+        let row = vindex.next_row(ns);
+        let slot = catalog.insert(item, row);
+        vindex.push(ns, slot, vector);
+    };
+    let mut at = 0;
     for entry in db.scan_prefix(b"b") {
         let (key, bytes) = entry?;
         let blob = Blob::parse(&key, &bytes, dim)
             .ok_or_else(|| corrupt(format!("embedding blob {key:?} is malformed")))?;
-        while let Some(item) = pending.peek() {
-            if item.seq < blob.first_seq {
-                return Err(corrupt(format!("item {} has no embedding", item.id)));
-            }
+        // Items written before this blob's batch without a blob of their own.
+        let before = items[at..].partition_point(|item| item.seq < blob.first_seq);
+        at += recompute(path, db, embedder, &items[at..at + before], &mut add)?;
+        while let Some(item) = items.get(at) {
             let index = (item.seq - blob.first_seq) as usize;
             if index >= blob.count {
                 break;
@@ -1502,17 +1534,52 @@ fn load(path: &Path, db: &sled::Db, state: &mut State, dim: usize) -> Result<u64
                     item.seq, item.id
                 )));
             }
-            let ns: Sym = catalog.syms.intern(&item.namespace);
-            let row = vindex.next_row(ns);
-            let slot = catalog.insert(item, row);
-            vindex.push(ns, slot, &blob.vector(index));
-            pending.next();
+            add(item, &blob.vector(index));
+            at += 1;
         }
     }
-    if let Some(item) = pending.next() {
-        return Err(corrupt(format!("item {} has no embedding", item.id)));
-    }
+    recompute(path, db, embedder, &items[at..], &mut add)?;
     Ok(items.last().map_or(0, |i| i.seq))
+}
+
+/// Items whose vectors recompute at a time when a store opens.
+const RECOMPUTE_CHUNK: usize = 4096;
+
+/// Recomputes the vectors of `items` (which no embedding blob holds) from their text, read
+/// back from sled, and adds them in order; returns how many. An error if the embedder is not
+/// recomputable: such an item has lost its embedding.
+fn recompute(
+    path: &Path,
+    db: &sled::Db,
+    embedder: &dyn Embedder,
+    items: &[MemoryItem],
+    add: &mut impl FnMut(&MemoryItem, &[f32]),
+) -> Result<usize> {
+    let Some(first) = items.first() else {
+        return Ok(0);
+    };
+    if !embedder.recomputable() {
+        return Err(MemoryError::Corrupt {
+            path: path.to_owned(),
+            reason: format!("item {} has no embedding", first.id),
+        });
+    }
+    for chunk in items.chunks(RECOMPUTE_CHUNK) {
+        let full: Vec<MemoryItem> = chunk
+            .par_iter()
+            .map(|item| {
+                read_item(path, db, &item.id)?.ok_or_else(|| MemoryError::Corrupt {
+                    path: path.to_owned(),
+                    reason: format!("item {} vanished while the store opened", item.id),
+                })
+            })
+            .collect::<Result<_>>()?;
+        let vectors = embed_parallel(embedder, &full)?;
+        for (item, vector) in chunk.iter().zip(&vectors) {
+            add(item, vector);
+        }
+    }
+    Ok(items.len())
 }
 
 /// The background builder: keeps each large namespace's HNSW graph caught up with its rows.
@@ -1661,8 +1728,155 @@ fn dir_size(path: &Path) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::embed::HashingEmbedder;
+    use crate::embed::{EmbedError, HashingEmbedder};
     use crate::item::Kind;
+    use crate::store::{SearchMode, SearchQuery};
+
+    /// The hashing embedder under the same name, but not recomputable: its stores keep their
+    /// embeddings in blobs (as every store did before recomputable embedders).
+    struct Stored(HashingEmbedder);
+
+    impl Embedder for Stored {
+        fn name(&self) -> &str {
+            self.0.name()
+        }
+        fn dimension(&self) -> usize {
+            self.0.dimension()
+        }
+        fn embed_batch(&self, texts: &[&str]) -> std::result::Result<Vec<Vec<f32>>, EmbedError> {
+            self.0.embed_batch(texts)
+        }
+    }
+
+    fn open_with(dir: &Path, embedder: Arc<dyn Embedder>) -> Result<EmbeddedStore> {
+        EmbeddedStore::open(
+            dir,
+            StoreOptions::new(embedder, crate::tokens::default_token_counter()),
+        )
+    }
+
+    fn hashing() -> Arc<dyn Embedder> {
+        Arc::new(HashingEmbedder::new(64).unwrap())
+    }
+
+    /// A small and a large batch (the two write paths) of documents in `namespace`.
+    fn write_both_ways(store: &EmbeddedStore, namespace: &str) {
+        let doc = |i: usize| {
+            NewItem::new(
+                namespace,
+                Kind::Document,
+                format!(
+                    "{namespace} document {i} about river {} and town {}",
+                    i % 13,
+                    i % 5
+                ),
+            )
+        };
+        store.put_batch((0..3).map(doc).collect()).unwrap();
+        store
+            .put_batch((3..3 + PARALLEL_COMMIT_MIN + 10).map(doc).collect())
+            .unwrap();
+    }
+
+    /// Vector hits (ids and cosines) of a few queries over `namespace`.
+    fn vector_hits(store: &EmbeddedStore, namespace: &str) -> Vec<(ItemId, u32)> {
+        ["river 3 town 1", "document 40", "town 4"]
+            .iter()
+            .flat_map(|q| {
+                store
+                    .search(
+                        &SearchQuery::new(q, SearchMode::Vector),
+                        &Filter::namespace(namespace),
+                        10,
+                    )
+                    .unwrap()
+            })
+            .map(|h| (h.item.id, h.cosine.unwrap().to_bits()))
+            .collect()
+    }
+
+    fn blobs(store: &EmbeddedStore) -> usize {
+        store.db.scan_prefix(b"b").count()
+    }
+
+    #[test]
+    fn recomputable_embeddings_are_not_stored_and_come_back_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with(dir.path(), hashing()).unwrap();
+        write_both_ways(&store, "ns");
+        let before = vector_hits(&store, "ns");
+        assert_eq!(before.len(), 30);
+        assert_eq!(blobs(&store), 0, "no embedding stored");
+        drop(store);
+        let store = open_with(dir.path(), hashing()).unwrap();
+        assert_eq!(
+            vector_hits(&store, "ns"),
+            before,
+            "the same vectors, recomputed"
+        );
+    }
+
+    #[test]
+    fn stores_with_stored_embeddings_open_and_take_new_writes_without_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let stored =
+            || -> Arc<dyn Embedder> { Arc::new(Stored(HashingEmbedder::new(64).unwrap())) };
+        let store = open_with(dir.path(), stored()).unwrap();
+        write_both_ways(&store, "old");
+        write_both_ways(&store, "older");
+        assert_eq!(blobs(&store), 4);
+        let old = vector_hits(&store, "old");
+        drop(store);
+        // A version 1 store, as earlier builds wrote them.
+        std::fs::write(
+            dir.path().join(MARKER),
+            br#"{"format": "agentd-memory", "schema_version": 1}"#,
+        )
+        .unwrap();
+        // Opened with the recomputable embedder: old items keep their stored vectors, new
+        // ones are recomputed; the marker moves to version 2.
+        let store = open_with(dir.path(), hashing()).unwrap();
+        write_both_ways(&store, "new");
+        let new = vector_hits(&store, "new");
+        drop(store);
+        let marker: Marker =
+            serde_json::from_slice(&std::fs::read(dir.path().join(MARKER)).unwrap()).unwrap();
+        assert_eq!(marker.schema_version, SCHEMA_VERSION);
+        let store = open_with(dir.path(), hashing()).unwrap();
+        assert_eq!(blobs(&store), 4);
+        assert_eq!(vector_hits(&store, "old"), old);
+        assert_eq!(vector_hits(&store, "new"), new);
+        // Deleting a namespace removes its stored embeddings, not the others'.
+        store.delete_namespace("new").unwrap();
+        assert_eq!(blobs(&store), 4);
+        store.delete_namespace("old").unwrap();
+        assert_eq!(blobs(&store), 2);
+        drop(store);
+        let store = open_with(dir.path(), hashing()).unwrap();
+        assert_eq!(
+            store.count(&Filter::namespace("older")).unwrap(),
+            3 + PARALLEL_COMMIT_MIN + 10
+        );
+        assert_eq!(store.count(&Filter::namespace("new")).unwrap(), 0);
+    }
+
+    #[test]
+    fn an_item_without_an_embedding_is_an_error_when_it_cannot_be_recomputed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with(dir.path(), hashing()).unwrap();
+        write_both_ways(&store, "ns");
+        drop(store);
+        let err = open_with(
+            dir.path(),
+            Arc::new(Stored(HashingEmbedder::new(64).unwrap())),
+        )
+        .err()
+        .expect("an error");
+        assert!(
+            matches!(&err, MemoryError::Corrupt { reason, .. } if reason.contains("has no embedding")),
+            "{err}"
+        );
+    }
 
     #[test]
     fn the_graph_builder_waits_while_a_write_is_in_progress() {
