@@ -18,7 +18,9 @@
 //! like committed documents; publish to the in-memory catalog and vectors. After the lock, under
 //! [`Durability::Fsync`], the write waits for a sled flush that started after it was applied:
 //! one writer flushes for all the writes queued behind the flush in progress (group commit), and
-//! the write is acknowledged. A write is thus visible to searches a little before it is durable,
+//! the write is acknowledged. Before it flushes, that writer waits (at most
+//! [`StoreOptions::commit_delay`]) for the small writes already under way to be applied, so
+//! concurrent writers on busy cores share an fsync instead of queueing for one each. A write is thus visible to searches a little before it is durable,
 //! never acknowledged before; sled recovers a prefix of its log, so a crash keeps a prefix of
 //! the writes. A write whose flush fails reports the error but stays visible, and a later flush
 //! may still make it durable: as with any failed fsync, its outcome is unknown.
@@ -133,7 +135,14 @@ pub struct StoreOptions {
     /// Namespaces with at least this many items get an HNSW graph; smaller ones are searched
     /// exactly.
     pub ann_min_rows: usize,
+    /// How long a small write about to flush sled for everyone waits, at most, for the small
+    /// writes already under way to be applied, so that one fsync covers them all (default
+    /// [`DEFAULT_COMMIT_DELAY`]; zero never waits). A lone writer never waits.
+    pub commit_delay: Duration,
 }
+
+/// Default [`StoreOptions::commit_delay`].
+pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(1);
 
 impl StoreOptions {
     /// Options with the given embedder and token counter and default everything else.
@@ -147,6 +156,7 @@ impl StoreOptions {
             ef_search: DEFAULT_EF_SEARCH,
             hnsw,
             ann_min_rows: super::vectors::ANN_MIN_ROWS,
+            commit_delay: DEFAULT_COMMIT_DELAY,
         }
     }
 
@@ -227,6 +237,11 @@ pub struct EmbeddedStore {
     applied_seq: std::sync::atomic::AtomicU64,
     sync: Mutex<SyncState>,
     sync_cv: Condvar,
+    /// Small writes under way that have not applied their batch yet (a flush waits for them).
+    unapplied: std::sync::atomic::AtomicUsize,
+    /// A flushing writer waits for `unapplied` to reach zero (appliers wake it).
+    gathering: std::sync::atomic::AtomicBool,
+    commit_delay: Duration,
     shared: Arc<Shared>,
     builder: Option<JoinHandle<()>>,
     committer: Option<JoinHandle<()>>,
@@ -448,6 +463,9 @@ impl EmbeddedStore {
                 flushing: false,
             }),
             sync_cv: Condvar::new(),
+            unapplied: std::sync::atomic::AtomicUsize::new(0),
+            gathering: std::sync::atomic::AtomicBool::new(false),
+            commit_delay: options.commit_delay,
             shared,
             builder: Some(builder),
             committer: Some(committer),
@@ -532,6 +550,9 @@ impl EmbeddedStore {
     /// Waits until every item up to `seq` (already applied to sled) is durable: flushes sled
     /// unless another writer's flush, started after the item was applied, covers it (group
     /// commit: one fsync for all the writes that queue behind the one in progress).
+    ///
+    /// Before it flushes, the flushing writer waits (at most the commit delay) for the small
+    /// writes already under way to apply their batches, so the one fsync covers them too.
     fn sync_through(&self, seq: u64) -> Result<()> {
         let mut sync = self.sync.lock();
         loop {
@@ -544,6 +565,16 @@ impl EmbeddedStore {
             self.sync_cv.wait(&mut sync);
         }
         sync.flushing = true;
+        if !self.commit_delay.is_zero() && self.unapplied.load(Ordering::SeqCst) > 0 {
+            let deadline = std::time::Instant::now() + self.commit_delay;
+            self.gathering.store(true, Ordering::SeqCst);
+            while self.unapplied.load(Ordering::SeqCst) > 0 {
+                if self.sync_cv.wait_until(&mut sync, deadline).timed_out() {
+                    break;
+                }
+            }
+            self.gathering.store(false, Ordering::SeqCst);
+        }
         drop(sync);
         let target = self.applied_seq.load(Ordering::Acquire);
         let flushed = self.db.flush();
@@ -681,6 +712,7 @@ impl EmbeddedStore {
     /// index's tail and the catalog; after it, the group fsync.
     fn put_small(&self, mut stored: Vec<MemoryItem>) -> Result<Vec<MemoryItem>> {
         let mut phases = Phases::start();
+        let unapplied = Unapplied::enter(self);
         self.count_tokens(&mut stored);
         phases.lap("tokens");
         let vectors = embed_parallel(self.embedder.as_ref(), &stored)?;
@@ -709,6 +741,7 @@ impl EmbeddedStore {
         let grew_large = self.publish(&mut stored, &vectors);
         self.applied_seq.store(last_seq, Ordering::Release);
         drop(writer);
+        drop(unapplied);
         phases.lap("publish");
         self.published(last_seq, grew_large);
         if fill == TailFill::Full {
@@ -1695,6 +1728,30 @@ fn now_ms() -> u64 {
 
 /// Counts a write in progress for the graph builder (see `Shared::writing`); on exit the write
 /// counts as the latest one.
+/// Counts a small write until its batch is applied (or it fails); then wakes a flushing writer
+/// that waits for it.
+struct Unapplied<'a>(&'a EmbeddedStore);
+
+impl<'a> Unapplied<'a> {
+    fn enter(store: &'a EmbeddedStore) -> Self {
+        store.unapplied.fetch_add(1, Ordering::SeqCst);
+        Unapplied(store)
+    }
+}
+
+impl Drop for Unapplied<'_> {
+    fn drop(&mut self) {
+        let store = self.0;
+        store.unapplied.fetch_sub(1, Ordering::SeqCst);
+        if store.gathering.load(Ordering::SeqCst) {
+            // Under the lock: the flushing writer is either before its check of `unapplied`
+            // (and sees the decrement) or waiting (and gets the notification).
+            let _sync = store.sync.lock();
+            store.sync_cv.notify_all();
+        }
+    }
+}
+
 struct Writing<'a>(&'a Shared);
 
 impl<'a> Writing<'a> {
@@ -1797,6 +1854,51 @@ mod tests {
 
     fn blobs(store: &EmbeddedStore) -> usize {
         store.db.scan_prefix(b"b").count()
+    }
+
+    #[test]
+    fn a_flush_waits_for_small_writes_under_way_up_to_the_commit_delay() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |delay: Duration| {
+            let mut options = StoreOptions::new(hashing(), crate::tokens::default_token_counter());
+            options.commit_delay = delay;
+            EmbeddedStore::open(dir.path(), options).unwrap()
+        };
+        let note = |i: usize| vec![NewItem::new("ns", Kind::Note, format!("note {i}"))];
+        // A lone writer never waits, however long the delay.
+        let store = open(Duration::from_secs(600));
+        let started = std::time::Instant::now();
+        store.put_batch(note(0)).unwrap();
+        assert!(started.elapsed() < Duration::from_secs(60));
+        // With another small write under way, the flush waits for it to be applied...
+        let flushes = store.write_flushes();
+        let under_way = Unapplied::enter(&store);
+        std::thread::scope(|scope| {
+            let writer = scope.spawn(|| {
+                let started = std::time::Instant::now();
+                store.put_batch(note(1)).unwrap();
+                started.elapsed()
+            });
+            std::thread::sleep(Duration::from_millis(200));
+            assert!(
+                !writer.is_finished(),
+                "the flush waits for the write under way"
+            );
+            drop(under_way);
+            let waited = writer.join().unwrap();
+            assert!(waited >= Duration::from_millis(200), "{waited:?}");
+            assert!(waited < Duration::from_secs(60), "{waited:?}");
+        });
+        assert_eq!(store.write_flushes(), flushes + 1);
+        drop(store);
+        // ...but no longer than the commit delay.
+        let store = open(Duration::from_millis(100));
+        let _under_way = Unapplied::enter(&store);
+        let started = std::time::Instant::now();
+        store.put_batch(note(2)).unwrap();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(100), "{waited:?}");
+        assert!(waited < Duration::from_secs(60), "{waited:?}");
     }
 
     #[test]
