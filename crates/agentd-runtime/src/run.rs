@@ -164,8 +164,8 @@ pub(crate) async fn record(
     if let Some(journal) = &rt.journal {
         if sync {
             // Other active runs have nodes to run while this one syncs.
-            let busy = rt.active.load(Ordering::Relaxed) > 1;
-            journal.append_synced_busy(&event, busy).await?;
+            let others = rt.active.load(Ordering::Relaxed).saturating_sub(1);
+            journal.append_synced_busy(&event, others).await?;
         } else {
             journal.append(&event)?;
         }

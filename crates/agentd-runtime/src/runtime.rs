@@ -41,6 +41,7 @@ pub struct RuntimeBuilder {
     agents: HashMap<String, Arc<dyn Agent>>,
     durability: Durability,
     commit_delay: Option<std::time::Duration>,
+    commit_siblings: Option<usize>,
     limits: CandidateLimits,
     timings: Option<Arc<NodeTimings>>,
     max_running: Option<usize>,
@@ -116,12 +117,20 @@ impl RuntimeBuilder {
         self
     }
 
-    /// How long a checkpoint waits for others to share its sync when runs are busy and
-    /// checkpoints arrive faster than two per `delay` (default
+    /// How long a checkpoint waits for others to share its sync when many runs are active
+    /// (see [`RuntimeBuilder::commit_siblings`]) and checkpoints arrive faster than two per
+    /// `delay` (default
     /// [`crate::journal::DEFAULT_COMMIT_DELAY`]; zero syncs every checkpoint at once). Trades a
     /// little latency per node under load for far fewer syncs.
     pub fn commit_delay(mut self, delay: std::time::Duration) -> Self {
         self.commit_delay = Some(delay);
+        self
+    }
+
+    /// How many other active runs make a checkpoint wait for company (default
+    /// [`crate::journal::DEFAULT_COMMIT_SIBLINGS`]): with fewer, waiting idles the cores.
+    pub fn commit_siblings(mut self, siblings: usize) -> Self {
+        self.commit_siblings = Some(siblings);
         self
     }
 
@@ -155,6 +164,9 @@ impl RuntimeBuilder {
                 let (journal, events) = Journal::open(&dir.join("runs"), d)?;
                 if let Some(delay) = self.commit_delay {
                     journal.set_commit_delay(delay);
+                }
+                if let Some(siblings) = self.commit_siblings {
+                    journal.set_commit_siblings(siblings);
                 }
                 (Some(journal), events)
             }
@@ -443,6 +455,7 @@ impl Runtime {
             agents: HashMap::new(),
             durability: Durability::Durable,
             commit_delay: None,
+            commit_siblings: None,
             limits: CandidateLimits::default(),
             timings: None,
             max_running: None,
