@@ -478,4 +478,76 @@ mod tests {
         assert!(cosine(&alone, &v[2]) > 0.999);
         assert_eq!(embedder.embed_batch(&[]).unwrap().len(), 0);
     }
+
+    /// Throughput harness (not a timed assertion): MiniLM over real paragraphs of
+    /// `../shared/data/mhqa/hotpotqa.jsonl` (or `AGENTD_MHQA_FILE`), in one `embed_batch`
+    /// call as the store makes for a bulk write. Prints texts/s and word pieces/s. Run it in
+    /// release: `cargo test -p agentd-memory --release --lib -- --ignored --nocapture
+    /// minilm_real_text_throughput`.
+    #[test]
+    #[ignore = "a benchmark harness; needs the model and the shared data"]
+    fn minilm_real_text_throughput() {
+        let file = std::env::var("AGENTD_MHQA_FILE").map_or_else(
+            |_| {
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("../../../shared/data/mhqa/hotpotqa.jsonl")
+            },
+            PathBuf::from,
+        );
+        let text = std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", file.display()));
+        let mut paragraphs: Vec<String> = Vec::new();
+        'records: for line in text.lines() {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            for paragraph in record["context"].as_array().into_iter().flatten() {
+                let title = paragraph[0].as_str().unwrap_or_default();
+                let sentences: Vec<&str> = paragraph[1]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|s| s.as_str())
+                    .collect();
+                paragraphs.push(format!("{title}: {}", sentences.join(" ")));
+                if paragraphs.len() == 2000 {
+                    break 'records;
+                }
+            }
+        }
+        let embedder = MiniLmEmbedder::new(MiniLmConfig::new(
+            models_dir().join(super::super::MINILM_SUBDIR),
+        ))
+        .unwrap();
+        let pieces: usize = {
+            let model = embedder.model.lock().unwrap();
+            paragraphs
+                .iter()
+                .map(|p| {
+                    model
+                        .tokenizer
+                        .encode(p.as_str(), true)
+                        .unwrap()
+                        .len()
+                        .min(256)
+                })
+                .sum()
+        };
+        let words: usize = paragraphs
+            .iter()
+            .map(|p| p.split_whitespace().count())
+            .sum();
+        let texts: Vec<&str> = paragraphs.iter().map(String::as_str).collect();
+        let started = std::time::Instant::now();
+        let vectors = embedder.embed_batch(&texts).unwrap();
+        let secs = started.elapsed().as_secs_f64();
+        assert_eq!(vectors.len(), texts.len());
+        let n = texts.len() as f64;
+        eprintln!(
+            "MiniLM over {} hotpotqa paragraphs ({:.1} words, {:.1} word pieces each): {:.1} texts/s, {:.0} word pieces/s",
+            texts.len(),
+            words as f64 / n,
+            pieces as f64 / n,
+            n / secs,
+            pieces as f64 / secs
+        );
+    }
 }
