@@ -81,6 +81,18 @@ pub struct ServeArgs {
     /// Seconds SIGTERM waits for nodes in flight to checkpoint [file: drain_secs; default 7].
     #[arg(long, env = "AGENTD_DRAIN_SECS")]
     pub drain_secs: Option<f64>,
+    /// Longest wait (ms) of a checkpoint for others to share its fsync, under load; 0 never
+    /// waits [file: commit.checkpoint_delay_ms; default 2].
+    #[arg(long, env = "AGENTD_CHECKPOINT_DELAY_MS")]
+    pub checkpoint_delay_ms: Option<f64>,
+    /// Other active runs from which checkpoints wait for company [file:
+    /// commit.checkpoint_siblings; default 16].
+    #[arg(long, env = "AGENTD_CHECKPOINT_SIBLINGS")]
+    pub checkpoint_siblings: Option<usize>,
+    /// Longest wait (ms) of a memory write for the writes under way to share its fsync; 0
+    /// never waits [file: commit.store_delay_ms; default 1].
+    #[arg(long, env = "AGENTD_STORE_DELAY_MS")]
+    pub store_delay_ms: Option<f64>,
 }
 
 impl ServeArgs {
@@ -113,6 +125,9 @@ impl ServeArgs {
             llm_max_retries: self.llm_max_retries,
             tokens: self.tokens,
             drain_secs: self.drain_secs,
+            checkpoint_delay_ms: self.checkpoint_delay_ms,
+            checkpoint_siblings: self.checkpoint_siblings,
+            store_delay_ms: self.store_delay_ms,
         })?;
         Ok(config)
     }

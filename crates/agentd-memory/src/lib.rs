@@ -24,7 +24,7 @@ pub use error::{MemoryError, Result};
 pub use filter::Filter;
 pub use item::{ItemId, Kind, MemoryItem, NewItem, Producer, Readers, Timestamp};
 pub use store::{
-    Durability, EmbeddedStore, MemoryStore, NamespaceStats, Page, SearchHit, SearchMode,
-    SearchQuery, StoreOptions,
+    DEFAULT_COMMIT_DELAY, Durability, EmbeddedStore, MemoryStore, NamespaceStats, Page, SearchHit,
+    SearchMode, SearchQuery, StoreOptions,
 };
 pub use tokens::TokenCounter;

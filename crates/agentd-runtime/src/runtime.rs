@@ -42,6 +42,7 @@ pub struct RuntimeBuilder {
     durability: Durability,
     commit_delay: Option<std::time::Duration>,
     commit_siblings: Option<usize>,
+    store_commit_delay: Option<std::time::Duration>,
     limits: CandidateLimits,
     timings: Option<Arc<NodeTimings>>,
     max_running: Option<usize>,
@@ -134,6 +135,14 @@ impl RuntimeBuilder {
         self
     }
 
+    /// The commit delay of a store opened in the data folder (see
+    /// [`agentd_memory::StoreOptions::commit_delay`]); a store given with
+    /// [`RuntimeBuilder::store`] keeps its own.
+    pub fn store_commit_delay(mut self, delay: std::time::Duration) -> Self {
+        self.store_commit_delay = Some(delay);
+        self
+    }
+
     /// How many candidates each source contributes to routing.
     pub fn candidate_limits(mut self, limits: CandidateLimits) -> Self {
         self.limits = limits;
@@ -149,7 +158,10 @@ impl RuntimeBuilder {
                     Some(c) => c,
                     None => EmbedderConfig::from_env()?,
                 };
-                let options = StoreOptions::new(config.build()?, default_token_counter());
+                let mut options = StoreOptions::new(config.build()?, default_token_counter());
+                if let Some(delay) = self.store_commit_delay {
+                    options.commit_delay = delay;
+                }
                 Arc::new(EmbeddedStore::open(dir.join("memory"), options)?)
             }
             (None, None) => {
@@ -456,6 +468,7 @@ impl Runtime {
             durability: Durability::Durable,
             commit_delay: None,
             commit_siblings: None,
+            store_commit_delay: None,
             limits: CandidateLimits::default(),
             timings: None,
             max_running: None,

@@ -43,6 +43,44 @@ pub struct ServerConfig {
     pub tokens: Vec<TokenEntry>,
     /// Seconds a SIGTERM waits for nodes in flight to checkpoint before the journal closes.
     pub drain_secs: f64,
+    /// Group commit: how long durable writes wait for company under load.
+    pub commit: Commit,
+}
+
+/// Group-commit settings: under load, a durable write may wait a little for others to share
+/// its fsync (less CPU and more throughput, a little latency). Zero delays never wait.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Commit {
+    /// Longest wait of a checkpoint for others, in ms, when at least `checkpoint_siblings`
+    /// other runs are active and checkpoints arrive faster than two per delay.
+    pub checkpoint_delay_ms: f64,
+    /// Other active runs from which checkpoints wait for company.
+    pub checkpoint_siblings: usize,
+    /// Longest wait of a memory write for the writes already under way, in ms.
+    pub store_delay_ms: f64,
+}
+
+impl Default for Commit {
+    fn default() -> Self {
+        Commit {
+            checkpoint_delay_ms: agentd_runtime::journal::DEFAULT_COMMIT_DELAY.as_secs_f64() * 1e3,
+            checkpoint_siblings: agentd_runtime::journal::DEFAULT_COMMIT_SIBLINGS,
+            store_delay_ms: agentd_memory::DEFAULT_COMMIT_DELAY.as_secs_f64() * 1e3,
+        }
+    }
+}
+
+impl Commit {
+    /// The checkpoint delay as a duration (checked by [`ServerConfig::check`]).
+    pub fn checkpoint_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.checkpoint_delay_ms.clamp(0.0, 1e3) / 1e3)
+    }
+
+    /// The store delay as a duration (checked by [`ServerConfig::check`]).
+    pub fn store_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(self.store_delay_ms.clamp(0.0, 1e3) / 1e3)
+    }
 }
 
 impl Default for ServerConfig {
@@ -57,6 +95,7 @@ impl Default for ServerConfig {
             limits: Limits::default(),
             tokens: Vec::new(),
             drain_secs: 7.0,
+            commit: Commit::default(),
         }
     }
 }
@@ -162,6 +201,12 @@ pub struct ConfigOverrides {
     pub tokens: Vec<String>,
     /// `drain_secs`.
     pub drain_secs: Option<f64>,
+    /// `commit.checkpoint_delay_ms`.
+    pub checkpoint_delay_ms: Option<f64>,
+    /// `commit.checkpoint_siblings`.
+    pub checkpoint_siblings: Option<usize>,
+    /// `commit.store_delay_ms`.
+    pub store_delay_ms: Option<f64>,
 }
 
 impl ServerConfig {
@@ -209,6 +254,9 @@ impl ServerConfig {
         set!(self.limits.retry_after_secs, o.retry_after_secs);
         set!(self.llm.max_retries, o.llm_max_retries);
         set!(self.drain_secs, o.drain_secs);
+        set!(self.commit.checkpoint_delay_ms, o.checkpoint_delay_ms);
+        set!(self.commit.checkpoint_siblings, o.checkpoint_siblings);
+        set!(self.commit.store_delay_ms, o.store_delay_ms);
         for pair in o.tokens {
             let (tenant, token) = pair.split_once(':').ok_or_else(|| {
                 ServerError::Config(
@@ -294,6 +342,19 @@ impl ServerConfig {
                 "drain_secs must be a number of seconds".into(),
             ));
         }
+        for (name, ms) in [
+            (
+                "commit.checkpoint_delay_ms",
+                self.commit.checkpoint_delay_ms,
+            ),
+            ("commit.store_delay_ms", self.commit.store_delay_ms),
+        ] {
+            if !(ms.is_finite() && (0.0..=1000.0).contains(&ms)) {
+                return Err(ServerError::Config(format!(
+                    "{name} must be between 0 and 1000 (milliseconds), got {ms}"
+                )));
+            }
+        }
         self.llm
             .validate()
             .map_err(|e| ServerError::Config(format!("[llm]: {e}")))?;
@@ -345,5 +406,47 @@ mod tests {
         };
         let err = config.check().unwrap_err().to_string();
         assert!(err.contains("requires bearer tokens"), "{err}");
+    }
+
+    #[test]
+    fn commit_settings_from_the_file_and_overrides_and_their_checks() {
+        let mut config: ServerConfig = toml::from_str(
+            r#"
+            [commit]
+            checkpoint_delay_ms = 0
+            store_delay_ms = 0.5
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.commit.checkpoint_delay(), std::time::Duration::ZERO);
+        assert_eq!(
+            config.commit.store_delay(),
+            std::time::Duration::from_micros(500)
+        );
+        assert_eq!(
+            config.commit.checkpoint_siblings,
+            agentd_runtime::journal::DEFAULT_COMMIT_SIBLINGS
+        );
+        config.check().unwrap();
+        config
+            .apply(ConfigOverrides {
+                checkpoint_siblings: Some(4),
+                store_delay_ms: Some(-1.0),
+                ..ConfigOverrides::default()
+            })
+            .unwrap();
+        assert_eq!(config.commit.checkpoint_siblings, 4);
+        let err = config.check().unwrap_err().to_string();
+        assert!(err.contains("commit.store_delay_ms"), "{err}");
+        assert!(toml::from_str::<ServerConfig>("[commit]\ndelay = 1").is_err());
+        let defaults = ServerConfig::default();
+        assert_eq!(
+            defaults.commit.checkpoint_delay(),
+            agentd_runtime::journal::DEFAULT_COMMIT_DELAY
+        );
+        assert_eq!(
+            defaults.commit.store_delay(),
+            agentd_memory::DEFAULT_COMMIT_DELAY
+        );
     }
 }

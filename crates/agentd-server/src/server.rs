@@ -68,6 +68,9 @@ impl Server {
             .data_dir(&config.data_dir)
             .llm(llm)
             .max_running(config.limits.max_running)
+            .commit_delay(config.commit.checkpoint_delay())
+            .commit_siblings(config.commit.checkpoint_siblings)
+            .store_commit_delay(config.commit.store_delay())
             .event_hook(hook);
         if let Some(store) = options.store {
             builder = builder.store(store);

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-pub use embedded::{Durability, EmbeddedStore, StoreOptions};
+pub use embedded::{DEFAULT_COMMIT_DELAY, Durability, EmbeddedStore, StoreOptions};
 pub use vectors::ANN_MIN_ROWS;
 
 use crate::embed::Embedder;
