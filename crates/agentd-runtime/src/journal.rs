@@ -785,13 +785,13 @@ mod tests {
             let j = Arc::clone(&j);
             tokio::spawn(async move {
                 tokio::time::timeout(
-                    Duration::from_millis(30),
+                    Duration::from_millis(150),
                     j.append_synced_busy(&event("a", 0), DEFAULT_COMMIT_SIBLINGS),
                 )
                 .await
             })
         };
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
         let started = std::time::Instant::now();
         j.append_synced_busy(&event("b", 0), DEFAULT_COMMIT_SIBLINGS)
             .await

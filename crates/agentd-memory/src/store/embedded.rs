@@ -1873,9 +1873,9 @@ mod tests {
         // With another small write under way, the flush waits for it to be applied...
         let flushes = store.write_flushes();
         let under_way = Unapplied::enter(&store);
+        let started = std::time::Instant::now();
         std::thread::scope(|scope| {
             let writer = scope.spawn(|| {
-                let started = std::time::Instant::now();
                 store.put_batch(note(1)).unwrap();
                 started.elapsed()
             });
