@@ -9,6 +9,11 @@ use agentd::cli;
 use agentd::memory::embed::EmbedderConfig;
 use clap::{Parser, Subcommand, ValueEnum};
 
+/// mimalloc: agentd allocates many small, short-lived objects across threads (events, items,
+/// routing candidates), where it is markedly faster than the system allocator.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// agentd: multi-agent LLM workflows over a shared memory with role-aware context routing.
 #[derive(Parser)]
 #[command(name = "agentd", version, about, long_about = None)]
