@@ -16,7 +16,7 @@ use crate::usage::UsageTotals;
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Event {
     /// The run.
-    pub run: String,
+    pub run: Arc<str>,
     /// Position in the run's event sequence, from 1 (resumable streams use it).
     pub seq: u64,
     /// When it happened (ms since the Unix epoch).
@@ -48,9 +48,9 @@ pub enum EventKind {
     /// A node began an attempt.
     NodeStarted {
         /// Node name.
-        node: String,
+        node: Arc<str>,
         /// Its role.
-        role: String,
+        role: Arc<str>,
         /// Round.
         round: u32,
         /// Attempt, from 1.
@@ -59,7 +59,7 @@ pub enum EventKind {
     /// The router chose a node's context.
     ContextRouted {
         /// Node name.
-        node: String,
+        node: Arc<str>,
         /// Round.
         round: u32,
         /// Namespaces read.
@@ -72,9 +72,9 @@ pub enum EventKind {
     /// One LLM call of a node.
     LlmCall {
         /// Node name.
-        node: String,
+        node: Arc<str>,
         /// Its role.
-        role: String,
+        role: Arc<str>,
         /// Round.
         round: u32,
         /// Provider.
@@ -95,7 +95,7 @@ pub enum EventKind {
     /// A node's output was written to memory.
     ItemsWritten {
         /// Node name.
-        node: String,
+        node: Arc<str>,
         /// Round.
         round: u32,
         /// New items.
@@ -108,7 +108,7 @@ pub enum EventKind {
     /// A node attempt failed.
     NodeFailed {
         /// Node name.
-        node: String,
+        node: Arc<str>,
         /// Round.
         round: u32,
         /// Attempt, from 1.
@@ -121,13 +121,13 @@ pub enum EventKind {
     /// A node finished; this is its checkpoint.
     NodeFinished {
         /// Node name.
-        node: String,
+        node: Arc<str>,
         /// Its role.
-        role: String,
+        role: Arc<str>,
         /// Round.
         round: u32,
         /// Items it produced (written or merged into), by reference.
-        items: Vec<ItemId>,
+        items: Arc<[ItemId]>,
         /// Usage of the node (all attempts).
         usage: UsageTotals,
     },

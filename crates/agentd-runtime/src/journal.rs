@@ -611,13 +611,13 @@ mod tests {
         drop(f);
         let (j, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
         assert_eq!(events.len(), 3);
-        assert_eq!(events[2].run, "b");
+        assert_eq!(&*events[2].run, "b");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), end as u64);
         j.append_synced(&event("d", 1)).await.unwrap();
         drop(j);
         let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
         assert_eq!(events.len(), 4);
-        assert_eq!(events[3].run, "d");
+        assert_eq!(&*events[3].run, "d");
     }
 
     #[tokio::test]
@@ -690,7 +690,7 @@ mod tests {
         assert_eq!(events.len(), 320);
         let mut per_run = std::collections::HashMap::<String, Vec<u64>>::new();
         for e in &events {
-            per_run.entry(e.run.clone()).or_default().push(e.seq);
+            per_run.entry(e.run.to_string()).or_default().push(e.seq);
         }
         assert!(
             per_run
@@ -734,7 +734,7 @@ mod tests {
         assert_eq!(events.len(), 80);
         let mut per_run = std::collections::HashMap::<String, Vec<u64>>::new();
         for e in &events {
-            per_run.entry(e.run.clone()).or_default().push(e.seq);
+            per_run.entry(e.run.to_string()).or_default().push(e.seq);
         }
         assert!(per_run.values().all(|s| *s == (0..10).collect::<Vec<_>>()));
         // Here about 35 syncs without a delay (some sharing already), 10 with one.
@@ -801,7 +801,7 @@ mod tests {
         assert!(!j.gathering.load(Ordering::Acquire));
         drop(j);
         let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
-        let runs: Vec<&str> = events.iter().map(|e| e.run.as_str()).collect();
+        let runs: Vec<&str> = events.iter().map(|e| &*e.run).collect();
         assert_eq!(runs[8..], ["a", "b"]);
     }
 

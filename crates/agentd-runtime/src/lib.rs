@@ -46,7 +46,7 @@ pub use run::{NodeTimings, RunShared};
 pub use runtime::{
     Document, EventHook, RunHandle, RunOutcome, RunRequest, Runtime, RuntimeBuilder,
 };
-pub use state::{RunState, RunStatus};
+pub use state::{Checkpoint, RunState, RunStatus};
 pub use usage::{RunUsage, UsageTotals};
 
 /// Errors of the runtime.

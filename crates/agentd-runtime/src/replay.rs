@@ -143,7 +143,7 @@ pub fn replay(
         report.recorded_tokens += u64::from(manifest.tokens_used);
         report.replayed_tokens += u64::from(pack.tokens_used);
         report.calls.push(ReplayCall {
-            node: node.clone(),
+            node: node.to_string(),
             role: role.name.clone(),
             round: *round,
             recorded_tokens: manifest.tokens_used,

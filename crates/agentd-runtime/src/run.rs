@@ -31,7 +31,7 @@ const EVENT_CHANNEL: usize = 1024;
 
 /// A run's shared, observable state: its event log, its live channel, its status.
 pub struct RunShared {
-    id: String,
+    id: Arc<str>,
     log: Mutex<RunLog>,
     tx: broadcast::Sender<Arc<Event>>,
     cancel: watch::Sender<bool>,
@@ -46,8 +46,8 @@ struct RunLog {
 }
 
 impl RunShared {
-    pub(crate) fn new(id: String, past: Vec<Arc<Event>>) -> Arc<Self> {
-        let mut state = RunState::new(id.clone());
+    pub(crate) fn new(id: Arc<str>, past: Vec<Arc<Event>>) -> Arc<Self> {
+        let mut state = RunState::new(&*id);
         for e in &past {
             state.apply(e);
         }
@@ -132,9 +132,52 @@ pub(crate) struct RunCx {
     pub workflow: Arc<Workflow>,
     pub record: Arc<RunRecord>,
     pub budget: Option<Arc<RunBudget>>,
+    /// Per node (by index): its name and its role's, shared by every event about it.
+    names: Vec<NodeNames>,
+}
+
+/// A node's name and its role's, allocated once per run.
+struct NodeNames {
+    node: Arc<str>,
+    role: Arc<str>,
 }
 
 impl RunCx {
+    pub fn new(
+        rt: Arc<Inner>,
+        shared: Arc<RunShared>,
+        workflow: Arc<Workflow>,
+        record: Arc<RunRecord>,
+        budget: Option<Arc<RunBudget>>,
+    ) -> Self {
+        let names = workflow
+            .nodes
+            .iter()
+            .map(|n| NodeNames {
+                node: n.name.as_str().into(),
+                role: n.role.as_str().into(),
+            })
+            .collect();
+        RunCx {
+            rt,
+            shared,
+            workflow,
+            record,
+            budget,
+            names,
+        }
+    }
+
+    /// The name of node `index`.
+    fn node_name(&self, index: usize) -> Arc<str> {
+        Arc::clone(&self.names[index].node)
+    }
+
+    /// The role name of node `index`.
+    fn role_name(&self, index: usize) -> Arc<str> {
+        Arc::clone(&self.names[index].role)
+    }
+
     /// Records an event: journal (synced when `sync`), then the run's log and channel.
     pub async fn emit(&self, kind: EventKind, sync: bool) -> Result<(), RuntimeError> {
         record(&self.rt, &self.shared, kind, sync).await
@@ -152,7 +195,7 @@ pub(crate) async fn record(
     let event = {
         let mut log = shared.log.lock();
         let event = Arc::new(Event {
-            run: shared.id.clone(),
+            run: Arc::clone(&shared.id),
             seq: log.state.last_seq + 1,
             at_ms: now_ms(),
             kind,
@@ -328,6 +371,9 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
     drop(report_tx);
     let _abort = AbortOnDrop(actors);
     let mut cancel = cx.shared.cancel.subscribe();
+    // One future for the whole run, not one per report.
+    let cancel_signal = cancelled(&mut cancel);
+    tokio::pin!(cancel_signal);
 
     let start_round = {
         let state = cx.shared.log.lock();
@@ -384,7 +430,7 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
             }
             let report = tokio::select! {
                 report = report_rx.recv() => report,
-                () = cancelled(&mut cancel) => {
+                () = &mut cancel_signal => {
                     cx.emit(EventKind::RunCancelled, true).await?;
                     return Ok(RunStatus::Cancelled);
                 }
@@ -399,10 +445,10 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
                     let work = node_done.work;
                     cx.emit(
                         EventKind::NodeFinished {
-                            node: node.name.clone(),
-                            role: node.role.clone(),
+                            node: cx.node_name(report.node),
+                            role: cx.role_name(report.node),
                             round: report.round,
-                            items: node_done.items,
+                            items: node_done.items.into(),
                             usage: node_done.usage,
                         },
                         true,
@@ -485,9 +531,8 @@ async fn stop_condition_holds(cx: &Arc<RunCx>, round: u32) -> Result<bool, Runti
     let ids: Vec<ItemId> = {
         let log = cx.shared.log.lock();
         log.state
-            .produced
-            .range((round, String::new())..(round + 1, String::new()))
-            .flat_map(|(_, ids)| ids.iter().copied())
+            .in_round(round)
+            .flat_map(|c| c.items.iter().copied())
             .collect()
     };
     if ids.is_empty() {
@@ -571,8 +616,8 @@ async fn run_node(cx: &Arc<RunCx>, index: usize, round: u32) -> Result<NodeDone,
         let emitted = cx
             .emit(
                 EventKind::NodeStarted {
-                    node: node.name.clone(),
-                    role: node.role.clone(),
+                    node: cx.node_name(index),
+                    role: cx.role_name(index),
                     round,
                     attempt,
                 },
@@ -585,7 +630,7 @@ async fn run_node(cx: &Arc<RunCx>, index: usize, round: u32) -> Result<NodeDone,
         let started = Instant::now();
         let outcome = tokio::time::timeout(
             node.timeout,
-            attempt_node(cx, node, round, attempt, &mut usage),
+            attempt_node(cx, index, round, attempt, &mut usage),
         )
         .await;
         let elapsed = started.elapsed();
@@ -604,7 +649,7 @@ async fn run_node(cx: &Arc<RunCx>, index: usize, round: u32) -> Result<NodeDone,
         let _ = cx
             .emit(
                 EventKind::NodeFailed {
-                    node: node.name.clone(),
+                    node: cx.node_name(index),
                     round,
                     attempt,
                     error: error.clone(),
@@ -629,12 +674,13 @@ fn fmt_duration(d: Duration) -> String {
 /// One attempt: route, act, write back. Returns the items produced.
 async fn attempt_node(
     cx: &Arc<RunCx>,
-    node: &NodeSpec,
+    index: usize,
     round: u32,
     attempt: u32,
     usage: &mut UsageTotals,
 ) -> Result<Vec<ItemId>, RuntimeError> {
     let workflow = &cx.workflow;
+    let node = &workflow.nodes[index];
     let role = workflow.role_of(node);
     let stage = workflow.stage_of(node);
     let record = &cx.record;
@@ -653,10 +699,9 @@ async fn attempt_node(
     let pack: ContextPack = {
         let workflow = Arc::clone(workflow);
         let record = Arc::clone(record);
-        let node_name = node.name.clone();
         let query = query.clone();
         blocking(cx, move |rt| {
-            let node = workflow.node(&node_name).expect("node of this workflow");
+            let node = &workflow.nodes[index];
             let req = RouteRequest {
                 namespaces: &record.read_namespaces,
                 role: &workflow.role_of(node).profile,
@@ -679,7 +724,7 @@ async fn attempt_node(
     usage.context_tokens += u64::from(pack.tokens_used);
     cx.emit(
         EventKind::ContextRouted {
-            node: node.name.clone(),
+            node: cx.node_name(index),
             round,
             namespaces: record.read_namespaces.clone(),
             as_of_seq: pack.manifest.as_of_seq.unwrap_or_default(),
@@ -714,8 +759,8 @@ async fn attempt_node(
         usage.add_call(&call.usage, call.cost_usd);
         cx.emit(
             EventKind::LlmCall {
-                node: node.name.clone(),
-                role: role.name.clone(),
+                node: cx.node_name(index),
+                role: cx.role_name(index),
                 round,
                 provider: call.provider.clone(),
                 model: call.model.clone(),
@@ -735,9 +780,8 @@ async fn attempt_node(
     let outcome = {
         let workflow = Arc::clone(workflow);
         let record = Arc::clone(record);
-        let node_name = node.name.clone();
         blocking(cx, move |rt| {
-            let node = workflow.node(&node_name).expect("node of this workflow");
+            let node = &workflow.nodes[index];
             let target = WriteTarget {
                 namespace: &record.namespace,
                 node: &node.name,
@@ -753,7 +797,7 @@ async fn attempt_node(
     let items = outcome.item_ids();
     cx.emit(
         EventKind::ItemsWritten {
-            node: node.name.clone(),
+            node: cx.node_name(index),
             round,
             written: outcome.written.iter().map(|i| i.id).collect(),
             merged: outcome.merged.clone(),

@@ -188,7 +188,7 @@ impl RuntimeBuilder {
                 ));
             }
         };
-        let mut by_run: HashMap<String, Vec<Arc<Event>>> = HashMap::new();
+        let mut by_run: HashMap<Arc<str>, Vec<Arc<Event>>> = HashMap::new();
         for event in past {
             by_run
                 .entry(event.run.clone())
@@ -208,7 +208,7 @@ impl RuntimeBuilder {
                 }
                 continue;
             }
-            runs.insert(id.clone(), RunShared::new(id, events));
+            runs.insert(id.to_string(), RunShared::new(id, events));
         }
         let router = Router::new(Arc::clone(&store)).with_limits(self.limits);
         let llm_agent = self
@@ -569,18 +569,19 @@ impl Runtime {
             task_item: task.map(|t| t.id),
             labels: request.labels,
         };
-        let shared = RunShared::new(id.clone(), Vec::new());
+        let shared = RunShared::new(id.as_str().into(), Vec::new());
         self.inner
             .runs
             .lock()
             .insert(id.clone(), Arc::clone(&shared));
-        let cx = Arc::new(RunCx {
-            rt: Arc::clone(&self.inner),
-            shared: Arc::clone(&shared),
+        let budget = record.run_budget.map(|b| Arc::new(RunBudget::new(b)));
+        let cx = Arc::new(RunCx::new(
+            Arc::clone(&self.inner),
+            Arc::clone(&shared),
             workflow,
-            budget: record.run_budget.map(|b| Arc::new(RunBudget::new(b))),
-            record: Arc::new(record.clone()),
-        });
+            Arc::new(record.clone()),
+            budget,
+        ));
         cx.emit(
             EventKind::RunStarted {
                 spec: Box::new(record),
@@ -639,13 +640,13 @@ impl Runtime {
             budget.charge(state.usage.total.context_tokens);
             Arc::new(budget)
         });
-        let cx = Arc::new(RunCx {
-            rt: Arc::clone(&self.inner),
-            shared: Arc::clone(&shared),
-            workflow: Arc::new(workflow),
+        let cx = Arc::new(RunCx::new(
+            Arc::clone(&self.inner),
+            Arc::clone(&shared),
+            Arc::new(workflow),
+            Arc::new(record),
             budget,
-            record: Arc::new(record),
-        });
+        ));
         cx.emit(
             EventKind::RunResumed {
                 round: state.round.max(1),

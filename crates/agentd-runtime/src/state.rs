@@ -3,7 +3,7 @@
 //! emits events; after a restart the same fold over the journal gives the checkpoint to resume
 //! from, so the two can never disagree.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use agentd_memory::ItemId;
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,18 @@ impl RunStatus {
     }
 }
 
+/// A node that finished in a round: its checkpoint, with the items it produced (by
+/// reference, shared with the `node_finished` event).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The round.
+    pub round: u32,
+    /// The node.
+    pub node: Arc<str>,
+    /// The items it produced (written or merged into).
+    pub items: Arc<[ItemId]>,
+}
+
 /// A run's state.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RunState {
@@ -48,10 +60,9 @@ pub struct RunState {
     pub status: RunStatus,
     /// The current (or last) round, from 1; 0 before the first.
     pub round: u32,
-    /// Finished (round, node) pairs: the checkpoints.
-    pub finished: BTreeSet<(u32, String)>,
-    /// Items produced per (round, node).
-    pub produced: BTreeMap<(u32, String), Vec<ItemId>>,
+    /// The checkpoints: every node that finished, with what it produced, in the order they
+    /// finished (so by round: rounds only move forward). See [`RunState::is_finished`].
+    pub checkpoints: Vec<Checkpoint>,
     /// Rounds whose stop condition held.
     pub stopped_at: Option<u32>,
     /// Usage so far.
@@ -76,8 +87,7 @@ impl RunState {
             record: None,
             status: RunStatus::Running,
             round: 0,
-            finished: BTreeSet::new(),
-            produced: BTreeMap::new(),
+            checkpoints: Vec::new(),
             stopped_at: None,
             usage: RunUsage::default(),
             answer: None,
@@ -105,12 +115,19 @@ impl RunState {
                 round,
                 items,
                 usage,
-            } => {
-                if self.finished.insert((*round, node.clone())) {
+            } => match self.checkpoint_mut(*round, node) {
+                // Recorded twice (cannot happen in one journal; kept idempotent): the
+                // items are replaced, the usage counted once.
+                Some(c) => c.items = Arc::clone(items),
+                None => {
                     self.usage.record_node(node, role, *round, usage);
+                    self.checkpoints.push(Checkpoint {
+                        round: *round,
+                        node: Arc::clone(node),
+                        items: Arc::clone(items),
+                    });
                 }
-                self.produced.insert((*round, node.clone()), items.clone());
-            }
+            },
             EventKind::RoundFinished { round, stop } => {
                 if *stop {
                     self.stopped_at = Some(*round);
@@ -137,11 +154,81 @@ impl RunState {
 
     /// Whether the node finished in the round (its checkpoint exists).
     pub fn is_finished(&self, round: u32, node: &str) -> bool {
-        self.finished.contains(&(round, node.to_owned()))
+        self.in_round(round).any(|c| *c.node == *node)
     }
 
-    /// Every item the run produced, in (round, node) order.
+    /// The checkpoints of one round, newest first.
+    pub fn in_round(&self, round: u32) -> impl Iterator<Item = &Checkpoint> {
+        // Rounds only move forward, so the round's checkpoints are at the end of those up to
+        // it: scan back over the later rounds, then stop at the first earlier one.
+        self.checkpoints
+            .iter()
+            .rev()
+            .skip_while(move |c| c.round > round)
+            .take_while(move |c| c.round == round)
+    }
+
+    /// Every item the run produced, in the order the nodes finished.
     pub fn all_items(&self) -> impl Iterator<Item = &ItemId> {
-        self.produced.values().flatten()
+        self.checkpoints.iter().flat_map(|c| c.items.iter())
+    }
+
+    fn checkpoint_mut(&mut self, round: u32, node: &str) -> Option<&mut Checkpoint> {
+        self.checkpoints
+            .iter_mut()
+            .rev()
+            .skip_while(|c| c.round > round)
+            .take_while(|c| c.round == round)
+            .find(|c| *c.node == *node)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::usage::UsageTotals;
+
+    fn finished(seq: u64, round: u32, node: &str, items: &[ItemId]) -> Event {
+        Event {
+            run: "r".into(),
+            seq,
+            at_ms: seq,
+            kind: EventKind::NodeFinished {
+                node: node.into(),
+                role: "role".into(),
+                round,
+                items: items.into(),
+                usage: UsageTotals {
+                    calls: 1,
+                    ..UsageTotals::default()
+                },
+            },
+        }
+    }
+
+    #[test]
+    fn checkpoints_answer_by_round_and_count_a_node_once() {
+        let ids: Vec<ItemId> = (0..4).map(|_| ItemId::new_v7()).collect();
+        let mut state = RunState::new("r");
+        state.apply(&finished(1, 1, "plan", &ids[..1]));
+        state.apply(&finished(2, 1, "answer", &ids[1..2]));
+        state.apply(&finished(3, 2, "plan", &ids[2..3]));
+        // The same checkpoint again: its items are replaced, its usage not counted twice.
+        state.apply(&finished(4, 2, "plan", &ids[3..4]));
+        assert!(state.is_finished(1, "plan") && state.is_finished(1, "answer"));
+        assert!(state.is_finished(2, "plan") && !state.is_finished(2, "answer"));
+        assert!(!state.is_finished(3, "plan"));
+        let round = |r: u32| -> Vec<ItemId> {
+            state
+                .in_round(r)
+                .flat_map(|c| c.items.iter().copied())
+                .collect()
+        };
+        assert_eq!(round(1), vec![ids[1], ids[0]]);
+        assert_eq!(round(2), vec![ids[3]]);
+        assert!(round(3).is_empty());
+        assert_eq!(state.usage.total.calls, 3);
+        assert_eq!(state.all_items().count(), 3);
+        assert_eq!(state.last_seq, 4);
     }
 }

@@ -295,7 +295,7 @@ async fn a_failing_llm_fails_the_run_with_the_error_after_retries() {
         .events(&outcome.id)
         .unwrap()
         .iter()
-        .any(|e| matches!(&e.kind, EventKind::ItemsWritten { node, merged, .. } if node == "research" && merged == &vec![notes[0].id]));
+        .any(|e| matches!(&e.kind, EventKind::ItemsWritten { node, merged, .. } if &**node == "research" && merged == &vec![notes[0].id]));
     assert!(merged, "research's identical note was merged");
 }
 
@@ -464,7 +464,7 @@ fn an_interrupted_run_resumes_without_redoing_finished_nodes_or_duplicating_item
             loop {
                 let e = events.recv().await.unwrap();
                 if let EventKind::NodeStarted { node, round: 2, .. } = &e.kind
-                    && node == "research"
+                    && &**node == "research"
                 {
                     break;
                 }

@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::time::Instant;
 
 use agentd_runtime::{Event, EventKind};
@@ -94,10 +95,13 @@ pub struct NodePhases {
     pub checkpoint: f64,
 }
 
+/// A run's node clocks, by (node, round).
+type RunClocks = HashMap<(Arc<str>, u32), NodeClock>;
+
 struct Inner {
-    clocks: HashMap<String, HashMap<(String, u32), NodeClock>>,
-    llm_calls: BTreeMap<(String, String), u64>,
-    llm_tokens: BTreeMap<(String, String, &'static str), u64>,
+    clocks: HashMap<Arc<str>, RunClocks>,
+    llm_calls: BTreeMap<(Arc<str>, String), u64>,
+    llm_tokens: BTreeMap<(Arc<str>, String, &'static str), u64>,
     runs_ended: BTreeMap<&'static str, u64>,
     runs_started: u64,
     routing: Histogram,
