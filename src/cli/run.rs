@@ -408,7 +408,7 @@ pub fn runs(args: RunsArgs) -> anyhow::Result<()> {
             s.status.as_str(),
             workflow,
             s.round,
-            s.usage.total.total_tokens()
+            s.usage().total.total_tokens()
         );
     }
     Ok(())

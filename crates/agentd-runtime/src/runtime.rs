@@ -637,7 +637,7 @@ impl Runtime {
         self.inner.check_playable(&workflow)?;
         let budget = record.run_budget.map(|b| {
             let budget = RunBudget::new(b);
-            budget.charge(state.usage.total.context_tokens);
+            budget.charge(state.usage().total.context_tokens);
             Arc::new(budget)
         });
         let cx = Arc::new(RunCx::new(
@@ -782,7 +782,7 @@ impl Runtime {
             status: state.status,
             answer,
             evidence,
-            usage: state.usage.clone(),
+            usage: state.usage(),
             rounds: state.round,
             error: state.error.clone(),
             namespace: state

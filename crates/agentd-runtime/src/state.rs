@@ -9,7 +9,7 @@ use agentd_memory::ItemId;
 use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, EventKind, RunRecord};
-use crate::usage::RunUsage;
+use crate::usage::{RunUsage, UsageTotals};
 
 /// Where a run is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,14 +39,18 @@ impl RunStatus {
 
 /// A node that finished in a round: its checkpoint, with the items it produced (by
 /// reference, shared with the `node_finished` event).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
     /// The round.
     pub round: u32,
     /// The node.
     pub node: Arc<str>,
+    /// Its role.
+    pub role: Arc<str>,
     /// The items it produced (written or merged into).
     pub items: Arc<[ItemId]>,
+    /// What the node used (all its attempts).
+    pub usage: UsageTotals,
 }
 
 /// A run's state.
@@ -65,8 +69,6 @@ pub struct RunState {
     pub checkpoints: Vec<Checkpoint>,
     /// Rounds whose stop condition held.
     pub stopped_at: Option<u32>,
-    /// Usage so far.
-    pub usage: RunUsage,
     /// The final answer, once finished.
     pub answer: Option<ItemId>,
     /// The error, once failed.
@@ -89,7 +91,6 @@ impl RunState {
             round: 0,
             checkpoints: Vec::new(),
             stopped_at: None,
-            usage: RunUsage::default(),
             answer: None,
             error: None,
             last_seq: 0,
@@ -119,14 +120,13 @@ impl RunState {
                 // Recorded twice (cannot happen in one journal; kept idempotent): the
                 // items are replaced, the usage counted once.
                 Some(c) => c.items = Arc::clone(items),
-                None => {
-                    self.usage.record_node(node, role, *round, usage);
-                    self.checkpoints.push(Checkpoint {
-                        round: *round,
-                        node: Arc::clone(node),
-                        items: Arc::clone(items),
-                    });
-                }
+                None => self.checkpoints.push(Checkpoint {
+                    round: *round,
+                    node: Arc::clone(node),
+                    role: Arc::clone(role),
+                    items: Arc::clone(items),
+                    usage: *usage,
+                }),
             },
             EventKind::RoundFinished { round, stop } => {
                 if *stop {
@@ -166,6 +166,16 @@ impl RunState {
             .rev()
             .skip_while(move |c| c.round > round)
             .take_while(move |c| c.round == round)
+    }
+
+    /// Usage so far, per node, role and round, and in all (summed over the checkpoints: the
+    /// node's hot path only appends a checkpoint).
+    pub fn usage(&self) -> RunUsage {
+        let mut usage = RunUsage::default();
+        for c in &self.checkpoints {
+            usage.record_node(&c.node, &c.role, c.round, &c.usage);
+        }
+        usage
     }
 
     /// Every item the run produced, in the order the nodes finished.
@@ -227,7 +237,12 @@ mod tests {
         assert_eq!(round(1), vec![ids[1], ids[0]]);
         assert_eq!(round(2), vec![ids[3]]);
         assert!(round(3).is_empty());
-        assert_eq!(state.usage.total.calls, 3);
+        let usage = state.usage();
+        assert_eq!(usage.total.calls, 3);
+        assert_eq!(
+            (usage.by_node["plan"].calls, usage.by_round[&2].calls),
+            (2, 1)
+        );
         assert_eq!(state.all_items().count(), 3);
         assert_eq!(state.last_seq, 4);
     }
