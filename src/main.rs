@@ -10,7 +10,9 @@ use agentd::memory::embed::EmbedderConfig;
 use clap::{Parser, Subcommand, ValueEnum};
 
 /// mimalloc: agentd allocates many small, short-lived objects across threads (events, items,
-/// routing candidates), where it is markedly faster than the system allocator.
+/// routing candidates), where it is markedly faster than the system allocator. Built without
+/// transparent huge pages (feature `no_thp`): with them, the daemon's peak RSS under load grew
+/// from about 315 to 520-560 MB.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
