@@ -45,6 +45,12 @@ pub struct ServeBenchArgs {
     /// Give up waiting for the runs after this many seconds.
     #[arg(long, default_value_t = 600)]
     pub timeout_secs: u64,
+    /// The daemon's `commit.checkpoint_delay_ms` (default: the daemon's default).
+    #[arg(long)]
+    pub checkpoint_delay_ms: Option<f64>,
+    /// The daemon's `commit.store_delay_ms` (default: the daemon's default).
+    #[arg(long)]
+    pub store_delay_ms: Option<f64>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -227,6 +233,13 @@ pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
     config.llm.max_retries = 0;
     config.limits.max_running = args.max_running;
     config.limits.queue_capacity = args.queue_capacity;
+    if let Some(ms) = args.checkpoint_delay_ms {
+        config.commit.checkpoint_delay_ms = ms;
+    }
+    if let Some(ms) = args.store_delay_ms {
+        config.commit.store_delay_ms = ms;
+    }
+    config.check().map_err(|e| anyhow::anyhow!("{e}"))?;
     let server = Server::bind(config).await?;
     let base = format!("http://{}", server.local_addr()?);
     let metrics = Arc::clone(&server.state().metrics);
