@@ -1852,6 +1852,42 @@ mod tests {
             .collect()
     }
 
+    /// Recent small writes wait in the text index's tail, shared by every namespace: a
+    /// search filtered by namespace finds all of its own there and none of the others'.
+    #[test]
+    fn bm25_over_the_tail_keeps_to_the_filtered_namespace() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with(dir.path(), hashing()).unwrap();
+        for i in 0..6 {
+            for namespace in ["north", "south", "west"] {
+                store
+                    .put(NewItem::new(
+                        namespace,
+                        Kind::Evidence,
+                        format!("the river {i} flows past the town"),
+                    ))
+                    .unwrap();
+            }
+        }
+        let hits = |filter: &Filter| -> Vec<String> {
+            store
+                .search(
+                    &SearchQuery::new("river town", SearchMode::Bm25),
+                    filter,
+                    50,
+                )
+                .unwrap()
+                .into_iter()
+                .map(|h| h.item.namespace)
+                .collect()
+        };
+        assert_eq!(hits(&Filter::namespace("south")), vec!["south"; 6]);
+        assert!(hits(&Filter::namespace("east")).is_empty());
+        let mut both = hits(&Filter::namespace("north").and_namespace("west"));
+        both.sort();
+        assert_eq!(both, [vec!["north"; 6], vec!["west"; 6]].concat());
+    }
+
     fn blobs(store: &EmbeddedStore) -> usize {
         store.db.scan_prefix(b"b").count()
     }

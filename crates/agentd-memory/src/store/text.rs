@@ -112,7 +112,8 @@ pub(crate) struct Pushdown<'a> {
 struct TailDoc {
     seq: u64,
     id: ItemId,
-    namespace: Box<str>,
+    /// Index into the tail's namespaces.
+    namespace: u32,
     kind: Box<str>,
     /// Quantised token count of the content field, as tantivy stores it.
     fieldnorm_id: u8,
@@ -122,6 +123,7 @@ struct TailDoc {
 /// sequence number once the store has assigned them.
 pub(crate) struct Analysed {
     doc: TailDoc,
+    namespace: Box<str>,
     /// Term text and frequency.
     terms: Vec<(Box<str>, u32)>,
     tokens: u64,
@@ -156,6 +158,9 @@ const TAIL_OVERFULL_FACTOR: u64 = 8;
 #[derive(Default)]
 struct Tail {
     docs: Vec<TailDoc>,
+    /// Namespace → its index in the documents (namespaces compared as integers in a search's
+    /// inner loop).
+    namespaces: HashMap<Box<str>, u32>,
     /// Term text → (document index, term frequency).
     postings: HashMap<Box<str>, Vec<(u32, u32)>>,
     /// Tokens of the content field over all documents.
@@ -171,8 +176,16 @@ impl Tail {
             self.postings.entry(term).or_default().push((index, tf));
         }
         self.tokens += analysed.tokens;
-        self.docs.push(analysed.doc);
+        let mut doc = analysed.doc;
+        doc.namespace = self.namespace_id(analysed.namespace);
+        self.docs.push(doc);
         self.documents.push(analysed.document);
+    }
+
+    /// The index of `namespace`, given one if it has none yet.
+    fn namespace_id(&mut self, namespace: Box<str>) -> u32 {
+        let next = self.namespaces.len() as u32;
+        *self.namespaces.entry(namespace).or_insert(next)
     }
 
     /// Appends another tail's documents (which are newer).
@@ -182,6 +195,10 @@ impl Tail {
             return;
         }
         let offset = self.docs.len() as u32;
+        let mut renumbered = vec![0u32; other.namespaces.len()];
+        for (namespace, id) in other.namespaces {
+            renumbered[id as usize] = self.namespace_id(namespace);
+        }
         for (term, postings) in other.postings {
             self.postings
                 .entry(term)
@@ -189,7 +206,10 @@ impl Tail {
                 .extend(postings.into_iter().map(|(doc, tf)| (doc + offset, tf)));
         }
         self.tokens += other.tokens;
-        self.docs.extend(other.docs);
+        self.docs.extend(other.docs.into_iter().map(|mut d| {
+            d.namespace = renumbered[d.namespace as usize];
+            d
+        }));
         self.documents.extend(other.documents);
     }
 
@@ -409,10 +429,11 @@ impl TextIndex {
             doc: TailDoc {
                 seq: item.seq,
                 id: item.id,
-                namespace: item.namespace.as_str().into(),
+                namespace: 0,
                 kind: item.kind.as_str().into(),
                 fieldnorm_id: FieldNormReader::fieldnorm_to_id(tokens as u32),
             },
+            namespace: item.namespace.as_str().into(),
             terms: tf.into_iter().collect(),
             tokens,
             document: self.document(item),
@@ -624,24 +645,46 @@ impl TextIndex {
         if tail.docs.is_empty() {
             return Ok(Vec::new());
         }
+        // The tail holds every namespace's recent documents: filter by namespace before
+        // scoring, with the namespaces as integers.
+        let namespaces: Option<Vec<u32>> = (!pushdown.namespaces.is_empty()).then(|| {
+            pushdown
+                .namespaces
+                .iter()
+                .filter_map(|n| tail.namespaces.get(*n).copied())
+                .collect()
+        });
+        if namespaces.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
         let mut scores: HashMap<u32, Score> = HashMap::new();
         for term in terms {
             let Some(postings) = term.value().as_str().and_then(|t| tail.postings.get(t)) else {
                 continue;
             };
-            let weight = Bm25Weight::for_terms(stats, std::slice::from_ref(term))?;
+            let mut weight = None;
             for &(doc, tf) in postings {
-                let fieldnorm_id = tail.docs[doc as usize].fieldnorm_id;
-                *scores.entry(doc).or_default() += weight.score(fieldnorm_id, tf);
+                let d = &tail.docs[doc as usize];
+                if namespaces
+                    .as_ref()
+                    .is_some_and(|ns| !ns.contains(&d.namespace))
+                {
+                    continue;
+                }
+                let weight = match &weight {
+                    Some(w) => w,
+                    None => {
+                        weight.insert(Bm25Weight::for_terms(stats, std::slice::from_ref(term))?)
+                    }
+                };
+                *scores.entry(doc).or_default() += weight.score(d.fieldnorm_id, tf);
             }
         }
         Ok(scores
             .into_iter()
             .filter_map(|(doc, score)| {
                 let d = &tail.docs[doc as usize];
-                let admitted = (pushdown.namespaces.is_empty()
-                    || pushdown.namespaces.contains(&&*d.namespace))
-                    && (pushdown.kinds.is_empty() || pushdown.kinds.contains(&&*d.kind))
+                let admitted = (pushdown.kinds.is_empty() || pushdown.kinds.contains(&&*d.kind))
                     && accept(d.seq);
                 admitted.then_some((d.seq, score))
             })
@@ -768,5 +811,66 @@ impl<F: Fn(u64) -> bool + Sync> Collector for FilteredTopK<'_, F> {
             }
         })?;
         Ok(heap.into_iter().map(|w| (w.1, w.0)).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn analysed(namespace: &str, seq: u64, terms: &[&str]) -> Analysed {
+        Analysed {
+            doc: TailDoc {
+                seq,
+                id: ItemId::new_v7(),
+                namespace: 0,
+                kind: "note".into(),
+                fieldnorm_id: 1,
+            },
+            namespace: namespace.into(),
+            terms: terms.iter().map(|t| (Box::<str>::from(*t), 1)).collect(),
+            tokens: terms.len() as u64,
+            document: TantivyDocument::default(),
+        }
+    }
+
+    fn namespace_of(tail: &Tail, doc: &TailDoc) -> String {
+        let (name, _) = tail
+            .namespaces
+            .iter()
+            .find(|(_, id)| **id == doc.namespace)
+            .expect("every document's namespace is known");
+        name.to_string()
+    }
+
+    #[test]
+    fn an_absorbed_tail_keeps_each_document_in_its_namespace() {
+        let mut older = Tail::default();
+        older.push(analysed("north", 1, &["river"]));
+        older.push(analysed("south", 2, &["river"]));
+        let mut newer = Tail::default();
+        // In the newer tail, "south" comes first and gets the other number.
+        newer.push(analysed("south", 3, &["river", "town"]));
+        newer.push(analysed("east", 4, &["town"]));
+        newer.push(analysed("north", 5, &["town"]));
+        older.absorb(newer);
+
+        let by_seq: Vec<(u64, String)> = older
+            .docs
+            .iter()
+            .map(|d| (d.seq, namespace_of(&older, d)))
+            .collect();
+        assert_eq!(
+            by_seq,
+            [
+                (1, "north".to_owned()),
+                (2, "south".to_owned()),
+                (3, "south".to_owned()),
+                (4, "east".to_owned()),
+                (5, "north".to_owned()),
+            ]
+        );
+        assert_eq!(older.namespaces.len(), 3);
+        assert_eq!(older.postings["town"], [(2, 1), (3, 1), (4, 1)]);
     }
 }
