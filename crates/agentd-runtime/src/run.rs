@@ -225,6 +225,14 @@ struct NodeCommand {
     round: u32,
 }
 
+/// What reaches the orchestrator's mailbox.
+enum Inbox {
+    /// A node actor finished a command.
+    Report(NodeReport),
+    /// The run was asked to stop (forwarded from its cancel switch).
+    Cancelled,
+}
+
 /// A node actor's report.
 struct NodeReport {
     node: usize,
@@ -355,7 +363,8 @@ pub(crate) async fn drive(cx: Arc<RunCx>) -> RunStatus {
 async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
     let workflow = &cx.workflow;
     let nodes = &workflow.nodes;
-    let (report_tx, mut report_rx) = mpsc::channel::<NodeReport>(nodes.len().max(1));
+    // One report per node at most, plus the cancellation: a send never waits.
+    let (report_tx, mut report_rx) = mpsc::channel::<Inbox>(nodes.len() + 1);
     let mut mailboxes = Vec::with_capacity(nodes.len());
     let mut actors = Vec::with_capacity(nodes.len());
     for index in 0..nodes.len() {
@@ -368,12 +377,19 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
             report_tx.clone(),
         )));
     }
+    // Cancellation arrives in the mailbox, so waiting for a report is one plain receive.
+    // The forwarder holds a weak sender: once every node actor is gone, the mailbox closes.
+    let forward = report_tx.downgrade();
+    let mut cancel = cx.shared.cancel.subscribe();
+    actors.push(tokio::spawn(async move {
+        if cancel.wait_for(|c| *c).await.is_ok()
+            && let Some(tx) = forward.upgrade()
+        {
+            let _ = tx.send(Inbox::Cancelled).await;
+        }
+    }));
     drop(report_tx);
     let _abort = AbortOnDrop(actors);
-    let mut cancel = cx.shared.cancel.subscribe();
-    // One future for the whole run, not one per report.
-    let cancel_signal = cancelled(&mut cancel);
-    tokio::pin!(cancel_signal);
 
     let start_round = {
         let state = cx.shared.log.lock();
@@ -428,15 +444,15 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
             if in_flight == 0 {
                 break;
             }
-            let report = tokio::select! {
-                report = report_rx.recv() => report,
-                () = &mut cancel_signal => {
+            let report = match report_rx.recv().await {
+                Some(Inbox::Report(report)) => report,
+                Some(Inbox::Cancelled) => {
                     cx.emit(EventKind::RunCancelled, true).await?;
                     return Ok(RunStatus::Cancelled);
                 }
-            };
-            let Some(report) = report else {
-                return Err(RuntimeError::Internal("every node actor stopped".into()));
+                None => {
+                    return Err(RuntimeError::Internal("every node actor stopped".into()));
+                }
             };
             in_flight -= 1;
             let node = &nodes[report.node];
@@ -506,7 +522,7 @@ async fn ensure_task_item(cx: &Arc<RunCx>) -> Result<(), RuntimeError> {
     .await
 }
 
-/// Resolves once the run is cancelled (never, if the run outlives its cancel switch).
+/// Resolves once the switch is on (never, if the switch is dropped first).
 async fn cancelled(rx: &mut watch::Receiver<bool>) {
     if rx.wait_for(|c| *c).await.is_err() {
         std::future::pending::<()>().await;
@@ -578,7 +594,7 @@ async fn node_actor(
     cx: Arc<RunCx>,
     index: usize,
     mut mailbox: mpsc::Receiver<NodeCommand>,
-    reports: mpsc::Sender<NodeReport>,
+    reports: mpsc::Sender<Inbox>,
 ) {
     while let Some(cmd) = mailbox.recv().await {
         let span = tracing::info_span!(
@@ -593,10 +609,10 @@ async fn node_actor(
             round: cmd.round,
             result,
         };
-        // The report channel holds one report per node: there is always room.
-        let sent = match reports.try_send(report) {
+        // The mailbox holds one report per node: there is always room.
+        let sent = match reports.try_send(Inbox::Report(report)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(report)) => reports.send(report).await.is_ok(),
+            Err(mpsc::error::TrySendError::Full(msg)) => reports.send(msg).await.is_ok(),
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         };
         if !sent {
