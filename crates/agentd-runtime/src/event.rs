@@ -192,7 +192,10 @@ pub struct RunRecord {
     /// The workflow file, if it came from one.
     pub workflow_path: Option<String>,
     /// The workflow with its roles resolved (JSON of `agentd_workflow::Workflow`).
-    pub workflow_spec: serde_json::Value,
+    /// Kept as its JSON text: a parsed tree would cost several times the memory for every run
+    /// a daemon knows, and it is only read back to resume or replay.
+    #[serde(deserialize_with = "raw_json")]
+    pub workflow_spec: Box<serde_json::value::RawValue>,
     /// The run's input (the task).
     pub input: String,
     /// The run's own namespace (its task, plans, evidence, answers).
@@ -209,4 +212,15 @@ pub struct RunRecord {
     /// survive restarts. Empty in journals written before labels existed.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+}
+
+/// Reads a JSON value as its text. Events are read through serde's buffering (a flattened,
+/// internally tagged enum), which cannot hand a `RawValue` its source text: parse the value,
+/// then print it back.
+fn raw_json<'de, D>(deserializer: D) -> Result<Box<serde_json::value::RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let value = serde_json::Value::deserialize(deserializer)?;
+    serde_json::value::to_raw_value(&value).map_err(serde::de::Error::custom)
 }

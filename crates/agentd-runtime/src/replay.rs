@@ -99,7 +99,7 @@ pub fn replay(
             _ => None,
         })
         .ok_or_else(|| RuntimeError::UnknownRun(run.to_owned()))?;
-    let workflow: Workflow = serde_json::from_value(record.workflow_spec.clone())
+    let workflow: Workflow = serde_json::from_str(record.workflow_spec.get())
         .map_err(|e| RuntimeError::Internal(format!("run `{run}`'s workflow: {e}")))?;
     let mut report = ReplayReport {
         run: run.to_owned(),

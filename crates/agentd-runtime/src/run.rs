@@ -33,7 +33,6 @@ const EVENT_CHANNEL: usize = 1024;
 pub struct RunShared {
     id: Arc<str>,
     log: Mutex<RunLog>,
-    tx: broadcast::Sender<Arc<Event>>,
     cancel: watch::Sender<bool>,
     done: watch::Sender<Option<RunStatus>>,
     /// Waiting for a run slot (see `RuntimeBuilder::max_running`).
@@ -43,6 +42,10 @@ pub struct RunShared {
 struct RunLog {
     events: Vec<Arc<Event>>,
     state: RunState,
+    /// The live channel: opened by the first subscriber while the run is running, closed by
+    /// its terminal event (a channel's buffer costs tens of kB, and a daemon keeps every
+    /// run it knows).
+    live: Option<broadcast::Sender<Arc<Event>>>,
 }
 
 impl RunShared {
@@ -57,8 +60,8 @@ impl RunShared {
             log: Mutex::new(RunLog {
                 events: past,
                 state,
+                live: None,
             }),
-            tx: broadcast::channel(EVENT_CHANNEL).0,
             cancel: watch::channel(false).0,
             done: watch::channel(finished).0,
             queued: AtomicBool::new(false),
@@ -97,9 +100,16 @@ impl RunShared {
         log.events[start..].to_vec()
     }
 
-    /// A live channel of the events from now on.
+    /// A live channel of the events from now on. It closes after the run's terminal event;
+    /// for a run that has ended, it is closed already (its events are all in the log).
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
-        self.tx.subscribe()
+        let mut log = self.log.lock();
+        if log.state.status != RunStatus::Running {
+            return broadcast::channel(1).1;
+        }
+        log.live
+            .get_or_insert_with(|| broadcast::channel(EVENT_CHANNEL).0)
+            .subscribe()
     }
 
     /// Asks the run to stop; it records `run_cancelled`.
@@ -216,7 +226,13 @@ pub(crate) async fn record(
     if let Some(hook) = &rt.event_hook {
         hook(&event);
     }
-    let _ = shared.tx.send(event);
+    let mut log = shared.log.lock();
+    if let Some(live) = &log.live {
+        let _ = live.send(Arc::clone(&event));
+    }
+    if event.kind.is_terminal() {
+        log.live = None;
+    }
     Ok(())
 }
 

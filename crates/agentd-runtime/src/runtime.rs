@@ -559,7 +559,7 @@ impl Runtime {
         let record = RunRecord {
             workflow: workflow.name.clone(),
             workflow_path: workflow.path.as_ref().map(|p| p.display().to_string()),
-            workflow_spec: serde_json::to_value(&*workflow)
+            workflow_spec: serde_json::value::to_raw_value(&*workflow)
                 .map_err(|e| RuntimeError::Internal(format!("recording the workflow: {e}")))?,
             input: request.input,
             namespace,
@@ -632,7 +632,7 @@ impl Runtime {
             .record
             .clone()
             .ok_or_else(|| RuntimeError::Internal(format!("run `{id}` has no start record")))?;
-        let workflow: Workflow = serde_json::from_value(record.workflow_spec.clone())
+        let workflow: Workflow = serde_json::from_str(record.workflow_spec.get())
             .map_err(|e| RuntimeError::Internal(format!("run `{id}`'s workflow: {e}")))?;
         self.inner.check_playable(&workflow)?;
         let budget = record.run_budget.map(|b| {

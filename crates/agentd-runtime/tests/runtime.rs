@@ -527,3 +527,45 @@ async fn checkpoints_off_still_runs_and_leaves_no_journal() {
     assert_eq!(outcome.status, RunStatus::Finished);
     assert!(runtime.journal_path().is_none());
 }
+
+#[tokio::test]
+async fn a_runs_live_channel_carries_every_event_to_its_end_then_closes() {
+    use tokio::sync::broadcast::error::RecvError;
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .store(store(dir.path()))
+        .llm(llm(0.9) as Arc<dyn LlmClient>)
+        .build()
+        .unwrap();
+    let handle = runtime
+        .start(RunRequest::new(workflow(WORKFLOW), "Which river?"))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    let (past, mut live) = runtime.follow(&id, 0).unwrap();
+    let mut seen: Vec<u64> = past.iter().map(|e| e.seq).collect();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match live.recv().await {
+                Ok(e) => {
+                    if seen.last().is_none_or(|&last| e.seq > last) {
+                        seen.push(e.seq);
+                    }
+                }
+                Err(RecvError::Lagged(_)) => panic!("a 1024-event channel lagged"),
+                Err(RecvError::Closed) => return,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the channel closes after the run's end");
+    let events = runtime.events(&id).unwrap();
+    assert!(events.last().unwrap().kind.is_terminal());
+    assert_eq!(seen, events.iter().map(|e| e.seq).collect::<Vec<_>>());
+
+    // Following a run that has ended: everything is in the log, the channel is closed.
+    let (past, mut live) = runtime.follow(&id, 0).unwrap();
+    assert_eq!(past.len(), events.len());
+    assert!(matches!(live.recv().await, Err(RecvError::Closed)));
+}
