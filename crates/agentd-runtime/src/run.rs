@@ -398,9 +398,8 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
     let forward = report_tx.downgrade();
     let mut cancel = cx.shared.cancel.subscribe();
     actors.push(tokio::spawn(async move {
-        if cancel.wait_for(|c| *c).await.is_ok()
-            && let Some(tx) = forward.upgrade()
-        {
+        cancelled(&mut cancel).await;
+        if let Some(tx) = forward.upgrade() {
             let _ = tx.send(Inbox::Cancelled).await;
         }
     }));
