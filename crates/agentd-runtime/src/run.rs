@@ -114,7 +114,9 @@ impl RunShared {
 
     /// Asks the run to stop; it records `run_cancelled`.
     pub fn cancel(&self) {
-        let _ = self.cancel.send(true);
+        // `send_replace`, not `send`: `send` drops the value when no one is subscribed yet
+        // (a run whose task has not started), and the cancellation would be lost.
+        self.cancel.send_replace(true);
     }
 
     /// Waits until the run is finished, failed or cancelled.
@@ -131,7 +133,8 @@ impl RunShared {
     }
 
     fn mark_done(&self, status: RunStatus) {
-        let _ = self.done.send(Some(status));
+        // As in `cancel`: kept even when no one waits at this moment.
+        self.done.send_replace(Some(status));
     }
 }
 

@@ -356,6 +356,62 @@ async fn cancelling_stops_a_run() {
     assert_eq!(outcome.status, RunStatus::Cancelled);
 }
 
+/// A cancellation that arrives before the run's task first runs still stops it, queued for a
+/// run slot or not (`#[tokio::test]` is single-threaded: nothing spawned runs until we await).
+#[tokio::test]
+async fn a_run_cancelled_before_its_task_first_runs_is_cancelled() {
+    for slots in [None, Some(1)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut builder = Runtime::builder()
+            .data_dir(dir.path())
+            .store(store(dir.path()))
+            .llm(llm(0.9) as Arc<dyn LlmClient>);
+        if let Some(n) = slots {
+            builder = builder.max_running(n);
+        }
+        let runtime = builder.build().unwrap();
+        let handle = runtime
+            .start(RunRequest::new(workflow(WORKFLOW), "Which river?"))
+            .await
+            .unwrap();
+        handle.cancel();
+        let outcome = tokio::time::timeout(Duration::from_secs(10), handle.wait())
+            .await
+            .expect("the run ends")
+            .unwrap();
+        assert_eq!(outcome.status, RunStatus::Cancelled, "run slots: {slots:?}");
+    }
+}
+
+/// Waiting on a run that already ended answers at once, even when nobody waited as it ended.
+#[tokio::test]
+async fn waiting_on_an_ended_run_answers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let runtime = Runtime::builder()
+        .data_dir(dir.path())
+        .store(store(dir.path()))
+        .llm(llm(0.9) as Arc<dyn LlmClient>)
+        .build()
+        .unwrap();
+    let handle = runtime
+        .start(RunRequest::new(workflow(WORKFLOW), "Which river?"))
+        .await
+        .unwrap();
+    let id = handle.id().to_owned();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while runtime.state(&id).unwrap().status == RunStatus::Running {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the run ends");
+    let outcome = tokio::time::timeout(Duration::from_secs(5), handle.wait())
+        .await
+        .expect("an ended run's wait answers")
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Finished);
+}
+
 #[tokio::test]
 async fn without_an_llm_or_agent_a_run_is_refused_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
