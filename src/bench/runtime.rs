@@ -78,6 +78,10 @@ pub struct RuntimeReport {
     pub fsync_p50_us: f64,
     /// `overhead_durable_p50_us / fsync_p50_us`.
     pub durable_over_fsync: f64,
+    /// The journal's own write and sync per checkpoint in the sequential durable phase,
+    /// mean (µs): the part of `overhead_durable_p50_us` spent on the disk, the rest being
+    /// the node's events, hand-overs and scheduling.
+    pub checkpoint_sync_sequential_us: f64,
     /// A node's own work (routing, prompt, scripted reply, parsing, write-back), median (µs).
     pub node_work_p50_us: f64,
     /// Runs per second at `concurrency`, durable checkpoints (median over the pairs, as are
@@ -429,6 +433,8 @@ pub async fn run(args: &RuntimeArgs) -> anyhow::Result<RuntimeReport> {
         } else {
             0.0
         },
+        checkpoint_sync_sequential_us: durable.syncs.time.as_secs_f64() * 1e6
+            / durable.syncs.syncs.max(1) as f64,
         node_work_p50_us: percentile(&mut work_us, 50.0),
         runs_per_s_durable: median(&|(d, _)| args.runs as f64 / d.wall.as_secs_f64()),
         runs_per_s_off: median(&|(_, o)| args.runs as f64 / o.wall.as_secs_f64()),
