@@ -4,8 +4,8 @@
 //! ([`MockServer`]) and the daemon ([`agentd_server::Server`] on an ephemeral loopback port,
 //! with the real OpenAI client, durable journal and fsynced memory writes). A client then
 //! submits `runs` runs of a three-node workflow (plan → research → answer) concurrently over
-//! HTTP (retrying 429s after their `Retry-After`) and polls the run listing until every run
-//! has ended.
+//! HTTP (retrying 429s after their `Retry-After`) and polls the daemon's run gauges
+//! (`/metrics`) until every run has ended.
 //!
 //! Figures: submitted, completed, failed, runs/s (completed over the wall time from the first
 //! submission to the last completion), the daemon's overhead per node (from `node_started` to
@@ -190,27 +190,32 @@ async fn submit(
 }
 
 /// Counts runs by status through the listing.
+/// Runs by status, from the daemon's `agentd_runs` gauge: far cheaper for the daemon than
+/// listing every run, so polling does not weigh on the figures.
 async fn count_statuses(
     client: &reqwest::Client,
     base: &str,
 ) -> anyhow::Result<std::collections::HashMap<String, usize>> {
-    let mut counts = std::collections::HashMap::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let mut url = format!("{base}/v1/runs?limit=1000");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let page: serde_json::Value = client.get(url).send().await?.json().await?;
-        for run in page["runs"].as_array().into_iter().flatten() {
-            let status = run["status"].as_str().unwrap_or("unknown").to_owned();
-            *counts.entry(status).or_default() += 1;
-        }
-        match page["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return Ok(counts),
-        }
-    }
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    Ok(runs_by_status(&text))
+}
+
+/// Parses the `agentd_runs{status="..."} N` lines of a Prometheus text exposition.
+fn runs_by_status(metrics: &str) -> std::collections::HashMap<String, usize> {
+    metrics
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("agentd_runs{status=\"")?;
+            let (status, rest) = rest.split_once("\"} ")?;
+            Some((status.to_owned(), rest.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// Runs the benchmark.
@@ -352,4 +357,20 @@ pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
         submit_p99_ms: percentile(&mut submit_ms, 99.0),
         rss_peak_mb: rss_peak_mb(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_by_status;
+
+    #[test]
+    fn run_counts_are_read_from_the_runs_gauge() {
+        let text = "# HELP agentd_runs Runs.\n# TYPE agentd_runs gauge\n\
+                    agentd_runs{status=\"queued\"} 7\nagentd_runs{status=\"finished\"} 1003\n\
+                    agentd_runs_total 5\nagentd_queue_depth 7\n";
+        let counts = runs_by_status(text);
+        assert_eq!(counts.len(), 2);
+        assert_eq!(counts["queued"], 7);
+        assert_eq!(counts["finished"], 1003);
+    }
 }
