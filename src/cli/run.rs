@@ -177,7 +177,7 @@ async fn finish(runtime: &Runtime, handle: RunHandle, json: bool) -> anyhow::Res
     let id = handle.id().to_owned();
     eprintln!("run {id}");
     let mut events = handle.subscribe();
-    for e in handle.events() {
+    for e in handle.events()? {
         print_progress(&e);
     }
     let follow = tokio::spawn(async move {

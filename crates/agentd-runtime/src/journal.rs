@@ -109,6 +109,9 @@ struct Pending {
     buf: Vec<u8>,
     /// Number of records appended so far.
     appended: u64,
+    /// Where the next appended record will be in the file: records are written in the order
+    /// they are appended, each right after the previous one.
+    next_offset: u64,
 }
 
 /// The file and the leader's state.
@@ -137,6 +140,8 @@ pub struct SyncStats {
 pub struct Journal {
     path: PathBuf,
     durability: Durability,
+    /// A read-only handle for [`Journal::read_at`] (positioned reads need no lock).
+    reader: File,
     pending: Mutex<Pending>,
     writer: Mutex<Writer>,
     /// Records known to be written (and synced, when durable).
@@ -162,9 +167,12 @@ pub struct Journal {
 }
 
 impl Journal {
-    /// Opens (or creates) the journal in `dir` and returns it with every intact event, in append
-    /// order. A torn tail is truncated.
-    pub fn open(dir: &Path, durability: Durability) -> Result<(Journal, Vec<Event>), JournalError> {
+    /// Opens (or creates) the journal in `dir` and returns it with every intact event and its
+    /// record's offset (for [`Journal::read_at`]), in append order. A torn tail is truncated.
+    pub fn open(
+        dir: &Path,
+        durability: Durability,
+    ) -> Result<(Journal, Vec<(Event, u64)>), JournalError> {
         let path = dir.join(FILE_NAME);
         let io = |what: &str, e: std::io::Error| JournalError::Io {
             path: path.clone(),
@@ -193,13 +201,17 @@ impl Journal {
             file.sync_all().map_err(|e| io("syncing", e))?;
             allocated = good as u64;
         }
+        drop(bytes);
+        let reader = File::open(&path).map_err(|e| io("opening for reading", e))?;
         Ok((
             Journal {
                 path,
                 durability,
+                reader,
                 pending: Mutex::new(Pending {
                     buf: Vec::with_capacity(64 << 10),
                     appended: 0,
+                    next_offset: good as u64,
                 }),
                 writer: Mutex::new(Writer {
                     file,
@@ -230,19 +242,20 @@ impl Journal {
     }
 
     /// Buffers `event`; a later [`Journal::append_synced`] (or [`Journal::flush`]) writes it.
-    pub fn append(&self, event: &Event) -> Result<(), JournalError> {
-        let appended = self.push(event);
+    /// Returns the record's offset in the file (see [`Journal::read_at`]).
+    pub fn append(&self, event: &Event) -> Result<u64, JournalError> {
+        let (appended, offset) = self.push(event);
         if self.pending.lock().buf.len() >= FLUSH_AT {
             self.write_through(appended, false)?;
         }
-        Ok(())
+        Ok(offset)
     }
 
     /// Appends `event` and returns once it, and everything appended before it, is written (and
     /// synced, under [`Durability::Durable`]). The caller leads the sync on its own thread when
     /// no other sync is in progress; otherwise it waits, without blocking its thread, until a
-    /// leader's sync covers its record (or leads the next one).
-    pub async fn append_synced(&self, event: &Event) -> Result<(), JournalError> {
+    /// leader's sync covers its record (or leads the next one). Returns the record's offset.
+    pub async fn append_synced(&self, event: &Event) -> Result<u64, JournalError> {
         self.append_synced_busy(event, 0).await
     }
 
@@ -255,8 +268,8 @@ impl Journal {
         &self,
         event: &Event,
         others: usize,
-    ) -> Result<(), JournalError> {
-        let upto = self.push(event);
+    ) -> Result<u64, JournalError> {
+        let (upto, offset) = self.push(event);
         let sync = self.durability == Durability::Durable;
         let busy = others > 0;
         let company =
@@ -269,7 +282,7 @@ impl Journal {
             // Registered before the checks below, so a leader finishing after them wakes us.
             notified.as_mut().enable();
             if self.durable.load(Ordering::Acquire) >= upto {
-                return Ok(());
+                return Ok(offset);
             }
             if self.gathering.load(Ordering::Acquire) {
                 // A leader is waiting for company; its sync covers this record, or wakes us
@@ -287,21 +300,23 @@ impl Journal {
                 let _gathering = StopGathering(self);
                 let delay = Duration::from_nanos(self.commit_delay_ns.load(Ordering::Relaxed));
                 tokio::time::sleep(delay).await;
-                return tokio::task::block_in_place(|| {
+                tokio::task::block_in_place(|| {
                     let writer = self.writer.lock();
                     self.lead(writer, upto, sync)
-                });
+                })?;
+                return Ok(offset);
             }
             if let Some(writer) = self.writer.try_lock() {
                 // With other appends in flight (or the caller's word for it), runs are busy:
                 // the executor moves this thread's other tasks to another thread while it
                 // syncs. Alone, the hand-over would only add latency.
                 let busy = busy || self.syncing.load(Ordering::Relaxed) > 1;
-                return if sync && busy && can_block_in_place() {
-                    tokio::task::block_in_place(|| self.lead(writer, upto, sync))
+                if sync && busy && can_block_in_place() {
+                    tokio::task::block_in_place(|| self.lead(writer, upto, sync))?;
                 } else {
-                    self.lead(writer, upto, sync)
-                };
+                    self.lead(writer, upto, sync)?;
+                }
+                return Ok(offset);
             }
             notified.await;
         }
@@ -359,12 +374,42 @@ impl Journal {
         }
     }
 
-    fn push(&self, event: &Event) -> u64 {
+    /// Buffers `event`'s record; returns its number (1-based, in append order) and offset.
+    fn push(&self, event: &Event) -> (u64, u64) {
         let frame = encode(event);
         let mut pending = self.pending.lock();
         pending.buf.extend_from_slice(&frame);
         pending.appended += 1;
-        pending.appended
+        let offset = pending.next_offset;
+        pending.next_offset += frame.len() as u64;
+        (pending.appended, offset)
+    }
+
+    /// Reads back the event whose record is at `offset` (as returned by an append or by
+    /// [`Journal::open`]). The record must have been written: appended with
+    /// [`Journal::append_synced`], or before a record that was.
+    pub fn read_at(&self, offset: u64) -> Result<Event, JournalError> {
+        let corrupt = |message: String| JournalError::Io {
+            path: self.path.clone(),
+            message: format!("reading the record at offset {offset}: {message}"),
+        };
+        let mut header = [0u8; HEADER];
+        self.reader
+            .read_exact_at(&mut header, offset)
+            .map_err(|e| corrupt(e.to_string()))?;
+        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        if len == 0 || len > MAX_RECORD {
+            return Err(corrupt(format!("no record there (length {len})")));
+        }
+        let mut payload = vec![0u8; len];
+        self.reader
+            .read_exact_at(&mut payload, offset + HEADER as u64)
+            .map_err(|e| corrupt(e.to_string()))?;
+        if crc32fast::hash(&payload) != crc {
+            return Err(corrupt("checksum mismatch".into()));
+        }
+        decode(&payload).map_err(corrupt)
     }
 
     /// Makes records up to `upto` written (and synced if `sync`), blocking on the file lock.
@@ -541,7 +586,7 @@ fn decode(payload: &[u8]) -> Result<Event, String> {
 
 /// Decodes frames until the first torn or corrupt one; returns the events and the length of
 /// the intact prefix.
-fn decode_all(bytes: &[u8]) -> (Vec<Event>, usize) {
+fn decode_all(bytes: &[u8]) -> (Vec<(Event, u64)>, usize) {
     let mut events = Vec::new();
     let mut at = 0;
     while bytes.len() - at >= HEADER {
@@ -559,7 +604,7 @@ fn decode_all(bytes: &[u8]) -> (Vec<Event>, usize) {
             break;
         }
         match decode(payload) {
-            Ok(event) => events.push(event),
+            Ok(event) => events.push((event, at as u64)),
             Err(e) => {
                 tracing::warn!(error = %e, "run journal record does not decode; stopping there");
                 break;
@@ -576,6 +621,41 @@ mod tests {
     use crate::event::EventKind;
     use std::sync::Arc;
 
+    /// Opens the journal; its events without their offsets.
+    fn open(dir: &std::path::Path, durability: Durability) -> (Journal, Vec<Event>) {
+        let (journal, events) = Journal::open(dir, durability).unwrap();
+        (journal, events.into_iter().map(|(e, _)| e).collect())
+    }
+
+    #[tokio::test]
+    async fn a_record_reads_back_at_the_offset_its_append_returned() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut big = event("a", 1);
+        big.kind = EventKind::RunFailed {
+            error: "x".repeat(4000),
+        };
+        let offsets = {
+            let (j, _) = open(dir.path(), Durability::Durable);
+            let first = j.append(&big).unwrap();
+            let second = j.append_synced(&event("b", 2)).await.unwrap();
+            assert_eq!(j.read_at(first).unwrap().seq, 1);
+            assert_eq!(&*j.read_at(second).unwrap().run, "b");
+            assert!(j.read_at(first + 1).is_err(), "not at a record's start");
+            vec![first, second]
+        };
+        // After a restart, open reports the same offsets, and later appends continue after them.
+        let (j, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let reopened: Vec<u64> = events.iter().map(|(_, at)| *at).collect();
+        assert_eq!(reopened, offsets);
+        match j.read_at(offsets[0]).unwrap().kind {
+            EventKind::RunFailed { error } => assert_eq!(error.len(), 4000, "a compressed record"),
+            other => panic!("{other:?}"),
+        }
+        let third = j.append_synced(&event("c", 3)).await.unwrap();
+        assert!(third > offsets[1]);
+        assert_eq!(&*j.read_at(third).unwrap().run, "c");
+    }
+
     fn event(run: &str, seq: u64) -> Event {
         Event {
             run: run.into(),
@@ -589,7 +669,7 @@ mod tests {
     async fn appends_survive_reopen_and_torn_tails_are_cut() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (j, old) = Journal::open(dir.path(), Durability::Durable).unwrap();
+            let (j, old) = open(dir.path(), Durability::Durable);
             assert!(old.is_empty());
             j.append(&event("a", 1)).unwrap();
             j.append_synced(&event("a", 2)).await.unwrap();
@@ -609,13 +689,13 @@ mod tests {
         f.write_all_at(&encode(&event("c", 1))[..10], end as u64)
             .unwrap();
         drop(f);
-        let (j, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let (j, events) = open(dir.path(), Durability::Durable);
         assert_eq!(events.len(), 3);
         assert_eq!(&*events[2].run, "b");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), end as u64);
         j.append_synced(&event("d", 1)).await.unwrap();
         drop(j);
-        let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let (_, events) = open(dir.path(), Durability::Durable);
         assert_eq!(events.len(), 4);
         assert_eq!(&*events[3].run, "d");
     }
@@ -635,11 +715,11 @@ mod tests {
         assert!(frame[HEADER..].starts_with(&ZSTD_MAGIC));
         assert!(frame.len() < 1000, "{}", frame.len());
         {
-            let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
+            let (j, _) = open(dir.path(), Durability::Durable);
             j.append_synced(&big).await.unwrap();
             j.append_synced(&event("a", 2)).await.unwrap();
         }
-        let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let (_, events) = open(dir.path(), Durability::Durable);
         assert_eq!(events.len(), 2);
         match &events[0].kind {
             EventKind::RunFailed { error } => assert_eq!(error.len(), 6200),
@@ -651,7 +731,7 @@ mod tests {
     async fn a_flipped_byte_stops_replay_at_the_damage() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let (j, _) = Journal::open(dir.path(), Durability::Buffered).unwrap();
+            let (j, _) = open(dir.path(), Durability::Buffered);
             for i in 0..5 {
                 j.append_synced(&event("a", i)).await.unwrap();
             }
@@ -662,14 +742,14 @@ mod tests {
         let frame_len = encode(&event("a", 0)).len();
         bytes[frame_len * 2 + HEADER + 3] ^= 0x55;
         std::fs::write(&path, &bytes).unwrap();
-        let (_, events) = Journal::open(dir.path(), Durability::Buffered).unwrap();
+        let (_, events) = open(dir.path(), Durability::Buffered);
         assert_eq!(events.len(), 2);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_synced_appends_share_syncs_and_all_land() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let (j, _) = open(dir.path(), Durability::Durable);
         let j = Arc::new(j);
         let mut tasks = Vec::new();
         for t in 0..16 {
@@ -686,7 +766,7 @@ mod tests {
         let syncs = j.sync_stats().syncs;
         assert!((1..=320).contains(&syncs), "{syncs}");
         drop(j);
-        let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let (_, events) = open(dir.path(), Durability::Durable);
         assert_eq!(events.len(), 320);
         let mut per_run = std::collections::HashMap::<String, Vec<u64>>::new();
         for e in &events {
@@ -705,7 +785,7 @@ mod tests {
         // with no commit delay nearly every one syncs alone, with one they share syncs.
         async fn trickle(delay: Duration) -> (u64, Vec<Event>) {
             let dir = tempfile::tempdir().unwrap();
-            let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
+            let (j, _) = open(dir.path(), Durability::Durable);
             j.set_commit_delay(delay);
             let j = Arc::new(j);
             let mut tasks = Vec::new();
@@ -725,7 +805,7 @@ mod tests {
             }
             let syncs = j.sync_stats().syncs;
             drop(j);
-            let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+            let (_, events) = open(dir.path(), Durability::Durable);
             (syncs, events)
         }
         let (alone, events) = trickle(Duration::ZERO).await;
@@ -748,7 +828,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn few_active_runs_never_wait_for_company() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let (j, _) = open(dir.path(), Durability::Durable);
         j.set_commit_delay(Duration::ZERO);
         for i in 0..8 {
             j.append_synced_busy(&event("warm", i), DEFAULT_COMMIT_SIBLINGS)
@@ -770,7 +850,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_cancelled_waiting_leader_hands_over_to_a_waiter() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let (j, _) = open(dir.path(), Durability::Durable);
         let j = Arc::new(j);
         // Quick synced appends make the journal expect company...
         j.set_commit_delay(Duration::ZERO);
@@ -800,7 +880,7 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(!j.gathering.load(Ordering::Acquire));
         drop(j);
-        let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let (_, events) = open(dir.path(), Durability::Durable);
         let runs: Vec<&str> = events.iter().map(|e| &*e.run).collect();
         assert_eq!(runs[8..], ["a", "b"]);
     }
@@ -828,18 +908,18 @@ mod tests {
             },
         };
         {
-            let (j, _) = Journal::open(dir.path(), Durability::Durable).unwrap();
+            let (j, _) = open(dir.path(), Durability::Durable);
             for _ in 0..30 {
                 j.append_synced(&big).await.unwrap();
             }
         }
         let len = std::fs::metadata(dir.path().join(FILE_NAME)).unwrap().len();
         assert!(len > CHUNK && len.is_multiple_of(CHUNK), "{len}");
-        let (j, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let (j, events) = open(dir.path(), Durability::Durable);
         assert_eq!(events.len(), 30);
         j.append_synced(&event("b", 1)).await.unwrap();
         drop(j);
-        let (_, events) = Journal::open(dir.path(), Durability::Durable).unwrap();
+        let (_, events) = open(dir.path(), Durability::Durable);
         assert_eq!(events.len(), 31);
     }
 }

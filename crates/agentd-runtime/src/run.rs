@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::agent::{AgentError, AgentInput, AgentReply, ModelSettings, describe_parse};
 use crate::event::{Event, EventKind, RunRecord};
+use crate::journal::Journal;
 use crate::runtime::Inner;
 use crate::state::{RunState, RunStatus};
 use crate::usage::UsageTotals;
@@ -28,6 +29,9 @@ use crate::{RuntimeError, now_ms};
 
 /// Capacity of a run's live event channel; slow subscribers skip (and can re-read the log).
 const EVENT_CHANNEL: usize = 1024;
+
+/// A past event and, when it came from the journal, its record's offset there.
+pub(crate) type PastEvent = (Arc<Event>, Option<u64>);
 
 /// A run's shared, observable state: its event log, its live channel, its status.
 pub struct RunShared {
@@ -40,7 +44,14 @@ pub struct RunShared {
 }
 
 struct RunLog {
+    /// The events, in memory while the run may still change; empty once `evicted`.
     events: Vec<Arc<Event>>,
+    /// Each event's `(seq, offset)` in the journal, recorded as it is appended (empty
+    /// without a journal).
+    offsets: Vec<(u64, u64)>,
+    /// The run has ended and its records are written: its events are read back from the
+    /// journal when asked for, so a daemon does not keep every past run's manifests in memory.
+    evicted: bool,
     state: RunState,
     /// The live channel: opened by the first subscriber while the run is running, closed by
     /// its terminal event (a channel's buffer costs tens of kB, and a daemon keeps every
@@ -49,19 +60,33 @@ struct RunLog {
 }
 
 impl RunShared {
-    pub(crate) fn new(id: Arc<str>, past: Vec<Arc<Event>>) -> Arc<Self> {
+    /// A run with its past events (from the journal, with their offsets, after a restart).
+    /// A run that has ended keeps only the offsets.
+    pub(crate) fn new(id: Arc<str>, past: Vec<PastEvent>) -> Arc<Self> {
         let mut state = RunState::new(&*id);
-        for e in &past {
+        for (e, _) in &past {
             state.apply(e);
         }
         let finished = (state.status != RunStatus::Running).then_some(state.status);
+        let mut log = RunLog {
+            events: Vec::with_capacity(past.len()),
+            offsets: Vec::with_capacity(past.len()),
+            evicted: false,
+            state,
+            live: None,
+        };
+        for (e, offset) in past {
+            if let Some(offset) = offset {
+                log.offsets.push((e.seq, offset));
+            }
+            log.events.push(e);
+        }
+        if finished.is_some() {
+            log.evict();
+        }
         Arc::new(RunShared {
             id,
-            log: Mutex::new(RunLog {
-                events: past,
-                state,
-                live: None,
-            }),
+            log: Mutex::new(log),
             cancel: watch::channel(false).0,
             done: watch::channel(finished).0,
             queued: AtomicBool::new(false),
@@ -88,16 +113,36 @@ impl RunShared {
         self.queued.load(Ordering::SeqCst)
     }
 
-    /// Every event so far, in order.
-    pub fn events(&self) -> Vec<Arc<Event>> {
-        self.log.lock().events.clone()
+    /// Every event so far, in order (read back from `journal` once the run has ended).
+    pub(crate) fn events(
+        &self,
+        journal: Option<&Journal>,
+    ) -> Result<Vec<Arc<Event>>, RuntimeError> {
+        self.events_after(0, journal)
     }
 
     /// Events after `seq` (for resumable streams).
-    pub fn events_after(&self, seq: u64) -> Vec<Arc<Event>> {
-        let log = self.log.lock();
-        let start = log.events.partition_point(|e| e.seq <= seq);
-        log.events[start..].to_vec()
+    pub(crate) fn events_after(
+        &self,
+        seq: u64,
+        journal: Option<&Journal>,
+    ) -> Result<Vec<Arc<Event>>, RuntimeError> {
+        let offsets: Vec<u64> = {
+            let log = self.log.lock();
+            if !log.evicted {
+                let start = log.events.partition_point(|e| e.seq <= seq);
+                return Ok(log.events[start..].to_vec());
+            }
+            let start = log.offsets.partition_point(|&(s, _)| s <= seq);
+            log.offsets[start..].iter().map(|&(_, at)| at).collect()
+        };
+        let journal = journal.ok_or_else(|| {
+            RuntimeError::Internal("a run's events were evicted without a journal".into())
+        })?;
+        offsets
+            .into_iter()
+            .map(|at| Ok(Arc::new(journal.read_at(at)?)))
+            .collect()
     }
 
     /// A live channel of the events from now on. It closes after the run's terminal event;
@@ -205,8 +250,11 @@ pub(crate) async fn record(
     kind: EventKind,
     sync: bool,
 ) -> Result<(), RuntimeError> {
-    let event = {
+    let (event, sync) = {
         let mut log = shared.log.lock();
+        // An event after the run's end (an actor winding down, a deletion) is synced, so that
+        // an evicted log (see `RunLog::evict`) can read it back.
+        let sync = sync || log.state.status != RunStatus::Running;
         let event = Arc::new(Event {
             run: Arc::clone(&shared.id),
             seq: log.state.last_seq + 1,
@@ -214,29 +262,52 @@ pub(crate) async fn record(
             kind,
         });
         log.state.apply(&event);
-        log.events.push(Arc::clone(&event));
-        event
+        if !log.evicted {
+            log.events.push(Arc::clone(&event));
+        }
+        (event, sync)
     };
-    if let Some(journal) = &rt.journal {
-        if sync {
+    let offset = match &rt.journal {
+        Some(journal) if sync => {
             // Other active runs have nodes to run while this one syncs.
             let others = rt.active.load(Ordering::Relaxed).saturating_sub(1);
-            journal.append_synced_busy(&event, others).await?;
-        } else {
-            journal.append(&event)?;
+            Some(journal.append_synced_busy(&event, others).await?)
         }
-    }
+        Some(journal) => Some(journal.append(&event)?),
+        None => None,
+    };
     if let Some(hook) = &rt.event_hook {
         hook(&event);
     }
     let mut log = shared.log.lock();
+    if let Some(offset) = offset {
+        log.offsets.push((event.seq, offset));
+    }
     if let Some(live) = &log.live {
         let _ = live.send(Arc::clone(&event));
     }
     if event.kind.is_terminal() {
         log.live = None;
+        // The terminal event is synced, so every record before it is written too.
+        if sync {
+            log.evict();
+        }
     }
     Ok(())
+}
+
+impl RunLog {
+    /// Drops the events from memory if every one of them has its journal offset.
+    fn evict(&mut self) {
+        if self.evicted || self.offsets.len() != self.events.len() || self.offsets.is_empty() {
+            return;
+        }
+        // Concurrent appends of one run may reach the journal out of `seq` order.
+        self.offsets.sort_unstable_by_key(|&(seq, _)| seq);
+        self.offsets.shrink_to_fit();
+        self.events = Vec::new();
+        self.evicted = true;
+    }
 }
 
 /// A command to a node actor.

@@ -25,7 +25,9 @@ use tokio::sync::{Semaphore, broadcast, watch};
 use crate::agent::{Agent, LlmAgent};
 use crate::event::{Event, EventKind, RunRecord};
 use crate::journal::{Durability, Journal};
-use crate::run::{NodeTimings, RunCx, RunShared, drive, enqueue, items_in_order, record};
+use crate::run::{
+    NodeTimings, PastEvent, RunCx, RunShared, drive, enqueue, items_in_order, record,
+};
 use crate::state::{RunState, RunStatus};
 use crate::usage::RunUsage;
 use crate::{RuntimeError, new_run_id};
@@ -188,12 +190,12 @@ impl RuntimeBuilder {
                 ));
             }
         };
-        let mut by_run: HashMap<Arc<str>, Vec<Arc<Event>>> = HashMap::new();
-        for event in past {
+        let mut by_run: HashMap<Arc<str>, Vec<PastEvent>> = HashMap::new();
+        for (event, offset) in past {
             by_run
                 .entry(event.run.clone())
                 .or_default()
-                .push(Arc::new(event));
+                .push((Arc::new(event), Some(offset)));
         }
         // Deleted runs are forgotten; their memory is deleted again in case a crash came
         // between the tombstone and the deletion.
@@ -201,9 +203,13 @@ impl RuntimeBuilder {
         for (id, events) in by_run {
             if events
                 .iter()
-                .any(|e| matches!(e.kind, EventKind::RunDeleted))
+                .any(|(e, _)| matches!(e.kind, EventKind::RunDeleted))
             {
-                for namespace in owned_namespaces(&events) {
+                let spec = events.iter().find_map(|(e, _)| match &e.kind {
+                    EventKind::RunStarted { spec } => Some(&**spec),
+                    _ => None,
+                });
+                for namespace in owned_namespaces(spec) {
                     store.delete_namespace(&namespace)?;
                 }
                 continue;
@@ -258,25 +264,19 @@ pub(crate) struct Inner {
 
 /// The namespaces a run owns: its own, and read namespaces under it (`<namespace>/...`, such
 /// as documents given with the run).
-fn owned_namespaces(events: &[Arc<Event>]) -> Vec<String> {
-    events
-        .iter()
-        .find_map(|e| match &e.kind {
-            EventKind::RunStarted { spec } => Some(spec),
-            _ => None,
-        })
-        .map(|spec| {
-            let prefix = format!("{}/", spec.namespace);
-            std::iter::once(spec.namespace.clone())
-                .chain(
-                    spec.read_namespaces
-                        .iter()
-                        .filter(|n| n.starts_with(&prefix))
-                        .cloned(),
-                )
-                .collect()
-        })
-        .unwrap_or_default()
+fn owned_namespaces(spec: Option<&RunRecord>) -> Vec<String> {
+    spec.map(|spec| {
+        let prefix = format!("{}/", spec.namespace);
+        std::iter::once(spec.namespace.clone())
+            .chain(
+                spec.read_namespaces
+                    .iter()
+                    .filter(|n| n.starts_with(&prefix))
+                    .cloned(),
+            )
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 impl Inner {
@@ -429,9 +429,9 @@ impl RunHandle {
         self.shared.subscribe()
     }
 
-    /// Every event so far.
-    pub fn events(&self) -> Vec<Arc<Event>> {
-        self.shared.events()
+    /// Every event so far (read back from the journal once the run has ended).
+    pub fn events(&self) -> Result<Vec<Arc<Event>>, RuntimeError> {
+        self.shared.events(self.runtime.inner.journal.as_ref())
     }
 
     /// Asks the run to stop.
@@ -672,7 +672,7 @@ impl Runtime {
                 "run `{id}` is running; cancel it before deleting it"
             )));
         }
-        let namespaces = owned_namespaces(&shared.events());
+        let namespaces = shared.with_state(|s| owned_namespaces(s.record.as_ref()));
         record(&self.inner, &shared, EventKind::RunDeleted, true).await?;
         self.inner.runs.lock().remove(id);
         let store = Arc::clone(&self.inner.store);
@@ -745,14 +745,17 @@ impl Runtime {
 
     /// A run's events so far.
     pub fn events(&self, id: &str) -> Result<Vec<Arc<Event>>, RuntimeError> {
-        Ok(self.shared(id)?.events())
+        self.shared(id)?.events(self.inner.journal.as_ref())
     }
 
     /// A run's events after `seq`, and a live channel for what follows.
     pub fn follow(&self, id: &str, after_seq: u64) -> Result<EventFollow, RuntimeError> {
         let shared = self.shared(id)?;
         let rx = shared.subscribe();
-        Ok((shared.events_after(after_seq), rx))
+        Ok((
+            shared.events_after(after_seq, self.inner.journal.as_ref())?,
+            rx,
+        ))
     }
 
     /// Asks a run to stop.

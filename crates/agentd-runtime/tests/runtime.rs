@@ -567,6 +567,69 @@ fn an_interrupted_run_resumes_without_redoing_finished_nodes_or_duplicating_item
     });
 }
 
+/// Once a run has ended its events live in the journal, not in memory: they read back as
+/// they were published, before and after a restart; a damaged record is an error, not a panic.
+#[tokio::test]
+async fn an_ended_runs_events_read_back_from_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let published = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let build = |hook: bool| {
+        let mut b = Runtime::builder()
+            .data_dir(dir.path())
+            .store(Arc::clone(&store))
+            .llm(llm(0.9) as Arc<dyn LlmClient>);
+        if hook {
+            let published = Arc::clone(&published);
+            b = b.event_hook(Arc::new(move |e| {
+                published.lock().push(serde_json::to_value(e).unwrap());
+            }));
+        }
+        b.build().unwrap()
+    };
+    // As JSON values: the recorded workflow's keys may come back in another order.
+    let as_json = |events: &[Arc<agentd_runtime::Event>]| -> Vec<serde_json::Value> {
+        events
+            .iter()
+            .map(|e| serde_json::to_value(e).unwrap())
+            .collect()
+    };
+    let runtime = build(true);
+    let outcome = runtime
+        .run(RunRequest::new(workflow(WORKFLOW), "Which river?"))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Finished);
+    let events = runtime.events(&outcome.id).unwrap();
+    let published = published.lock().clone();
+    assert!(published.len() > 5, "{published:?}");
+    assert_eq!(as_json(&events), published);
+    let (after, _) = runtime.follow(&outcome.id, 3).unwrap();
+    assert_eq!(as_json(&after), published[3..]);
+    // They are read from the file: with a record in the middle damaged, reading fails cleanly.
+    let journal = runtime.journal_path().unwrap().to_owned();
+    let damaged = || {
+        let intact = std::fs::read(&journal).unwrap();
+        let mut bytes = intact.clone();
+        let middle = bytes.iter().rposition(|&b| b != 0).unwrap() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&journal, &bytes).unwrap();
+        intact
+    };
+    let intact = damaged();
+    let err = runtime.events(&outcome.id).unwrap_err();
+    assert!(err.to_string().contains("run journal"), "{err}");
+    std::fs::write(&journal, &intact).unwrap();
+    runtime.close();
+    drop(runtime);
+
+    // After a restart: the same events, from the file too.
+    let runtime = build(false);
+    assert_eq!(as_json(&runtime.events(&outcome.id).unwrap()), published);
+    damaged();
+    assert!(runtime.events(&outcome.id).is_err());
+}
+
 #[tokio::test]
 async fn checkpoints_off_still_runs_and_leaves_no_journal() {
     let dir = tempfile::tempdir().unwrap();
@@ -582,6 +645,12 @@ async fn checkpoints_off_still_runs_and_leaves_no_journal() {
         .unwrap();
     assert_eq!(outcome.status, RunStatus::Finished);
     assert!(runtime.journal_path().is_none());
+    // Without a journal, an ended run's events stay in memory.
+    let events = runtime.events(&outcome.id).unwrap();
+    assert!(matches!(
+        events.last().unwrap().kind,
+        EventKind::RunFinished { .. }
+    ));
 }
 
 #[tokio::test]

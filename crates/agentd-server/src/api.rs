@@ -627,10 +627,15 @@ async fn run_events(
             })?,
         None => q.after.unwrap_or(0),
     };
-    let (past, live) = state
-        .runtime
-        .follow(&id, after)
-        .map_err(|_| ApiError::run_not_found(&id))?;
+    // A run that has ended is read back from the journal: off the executor.
+    let (past, live) = {
+        let runtime = state.runtime.clone();
+        let run = id.clone();
+        tokio::task::spawn_blocking(move || runtime.follow(&run, after))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::from_run(&id, e))?
+    };
     let (tx, rx) = mpsc::channel::<SseEvent>(256);
     tokio::spawn(pump_events(
         state.runtime.clone(),
@@ -823,10 +828,14 @@ async fn run_manifests(
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
     state.owned_run(&caller, &id)?;
-    let events = state
-        .runtime
-        .events(&id)
-        .map_err(|_| ApiError::run_not_found(&id))?;
+    let events = {
+        let runtime = state.runtime.clone();
+        let run = id.clone();
+        tokio::task::spawn_blocking(move || runtime.events(&run))
+            .await
+            .map_err(ApiError::internal)?
+            .map_err(|e| ApiError::from_run(&id, e))?
+    };
     let manifests: Vec<Value> = events
         .iter()
         .filter_map(|e| match &e.kind {

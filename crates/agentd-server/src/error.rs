@@ -48,6 +48,14 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no run `{id}`"))
     }
 
+    /// A runtime error about run `id`: 404 for an unknown run, 500 otherwise.
+    pub fn from_run(id: &str, e: agentd_runtime::RuntimeError) -> Self {
+        match e {
+            agentd_runtime::RuntimeError::UnknownRun(_) => ApiError::run_not_found(id),
+            other => ApiError::internal(other),
+        }
+    }
+
     /// 500, with the cause logged and not shown.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
