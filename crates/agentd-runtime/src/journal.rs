@@ -627,6 +627,39 @@ mod tests {
         (journal, events.into_iter().map(|(e, _)| e).collect())
     }
 
+    /// Floats come back bit for bit (serde_json's default parser may be off by one ulp).
+    #[tokio::test]
+    async fn floats_read_back_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = open(dir.path(), Durability::Durable);
+        let latency = 1.3316510000000001_f64;
+        let mut call = event("a", 1);
+        call.kind = EventKind::LlmCall {
+            node: "n".into(),
+            role: "r".into(),
+            round: 1,
+            provider: "p".into(),
+            model: "m".into(),
+            usage: Default::default(),
+            usage_estimated: false,
+            attempts: 1,
+            latency_ms: latency,
+            cost_usd: 0.1 + 0.2,
+        };
+        let at = j.append_synced(&call).await.unwrap();
+        match j.read_at(at).unwrap().kind {
+            EventKind::LlmCall {
+                latency_ms,
+                cost_usd,
+                ..
+            } => {
+                assert_eq!(latency_ms.to_bits(), latency.to_bits());
+                assert_eq!(cost_usd.to_bits(), (0.1_f64 + 0.2).to_bits());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn a_record_reads_back_at_the_offset_its_append_returned() {
         let dir = tempfile::tempdir().unwrap();
