@@ -146,6 +146,8 @@ pub struct Journal {
     writer: Mutex<Writer>,
     /// Records known to be written (and synced, when durable).
     durable: AtomicU64,
+    /// The end of the records written to the file so far (see [`Journal::written_end`]).
+    written_end: AtomicU64,
     /// Wakes callers waiting for a leader's sync.
     synced: Notify,
     /// Synced appends in progress (a leader alone does not hand its thread's tasks over).
@@ -221,6 +223,7 @@ impl Journal {
                     failure: None,
                 }),
                 durable: AtomicU64::new(0),
+                written_end: AtomicU64::new(good as u64),
                 synced: Notify::new(),
                 syncing: AtomicUsize::new(0),
                 syncs: AtomicU64::new(0),
@@ -385,6 +388,12 @@ impl Journal {
         (pending.appended, offset)
     }
 
+    /// The end of the records written to the file so far: a record at an offset below it can
+    /// be read back with [`Journal::read_at`].
+    pub fn written_end(&self) -> u64 {
+        self.written_end.load(Ordering::Acquire)
+    }
+
     /// Reads back the event whose record is at `offset` (as returned by an append or by
     /// [`Journal::open`]). The record must have been written: appended with
     /// [`Journal::append_synced`], or before a record that was.
@@ -453,6 +462,7 @@ impl Journal {
         writer.spare.clear();
         let outcome = match result {
             Ok(()) => {
+                self.written_end.store(writer.end, Ordering::Release);
                 self.durable.store(covered, Ordering::Release);
                 Ok(())
             }

@@ -52,6 +52,10 @@ struct RunLog {
     /// The run has ended and its records are written: its events are read back from the
     /// journal when asked for, so a daemon does not keep every past run's manifests in memory.
     evicted: bool,
+    /// The last `seq` published to the hook and the live channel.
+    published: u64,
+    /// Appended events waiting for an earlier one to be published first (newest first).
+    unpublished: Vec<Arc<Event>>,
     state: RunState,
     /// The live channel: opened by the first subscriber while the run is running, closed by
     /// its terminal event (a channel's buffer costs tens of kB, and a daemon keeps every
@@ -68,10 +72,13 @@ impl RunShared {
             state.apply(e);
         }
         let finished = (state.status != RunStatus::Running).then_some(state.status);
+        let published = state.last_seq;
         let mut log = RunLog {
             events: Vec::with_capacity(past.len()),
             offsets: Vec::with_capacity(past.len()),
             evicted: false,
+            published,
+            unpublished: Vec::new(),
             state,
             live: None,
         };
@@ -82,7 +89,8 @@ impl RunShared {
             log.events.push(e);
         }
         if finished.is_some() {
-            log.evict();
+            // Every offset given here was read from the file, so it is written.
+            log.evict_read_back();
         }
         Arc::new(RunShared {
             id,
@@ -277,39 +285,69 @@ pub(crate) async fn record(
         }
         (event, sync)
     };
-    let offset = match &rt.journal {
+    let appended = match &rt.journal {
         Some(journal) if sync => {
             // Other active runs have nodes to run while this one syncs.
             let others = rt.active.load(Ordering::Relaxed).saturating_sub(1);
-            Some(journal.append_synced_busy(&event, others).await?)
+            journal.append_synced_busy(&event, others).await.map(Some)
         }
-        Some(journal) => Some(journal.append(&event)?),
-        None => None,
+        Some(journal) => journal.append(&event).map(Some),
+        None => Ok(None),
     };
-    if let Some(hook) = &rt.event_hook {
-        hook(&event);
-    }
     let mut log = shared.log.lock();
-    if let Some(offset) = offset {
+    if let Ok(Some(offset)) = appended {
         log.offsets.push((event.seq, offset));
     }
-    if let Some(live) = &log.live {
-        let _ = live.send(Arc::clone(&event));
-    }
-    if event.kind.is_terminal() {
-        log.live = None;
-        // The terminal event is synced, so every record before it is written too.
-        if sync {
-            log.evict();
+    // Published in `seq` order (to the hook and the live channel), whatever order concurrent
+    // appends of this run finished in: a stream resumes after the last `seq` it saw, so an
+    // event published after a later one would be skipped. An event whose append failed is
+    // published too: it is in the run's log.
+    log.unpublished.push(event);
+    log.unpublished
+        .sort_unstable_by_key(|e| std::cmp::Reverse(e.seq));
+    while log
+        .unpublished
+        .last()
+        .is_some_and(|e| e.seq == log.published + 1)
+    {
+        let event = log.unpublished.pop().expect("checked above");
+        log.published = event.seq;
+        if let Some(hook) = &rt.event_hook {
+            hook(&event);
+        }
+        if let Some(live) = &log.live {
+            let _ = live.send(Arc::clone(&event));
+        }
+        if event.kind.is_terminal() {
+            log.live = None;
         }
     }
+    if log.state.status != RunStatus::Running && log.unpublished.is_empty() {
+        log.evict(rt.journal.as_ref());
+    }
+    appended?;
     Ok(())
 }
 
 impl RunLog {
-    /// Drops the events from memory if every one of them has its journal offset.
-    fn evict(&mut self) {
+    /// Drops the events of a run found ended on open (all of them read from the journal).
+    fn evict_read_back(&mut self) {
+        if self.offsets.len() == self.events.len() && !self.offsets.is_empty() {
+            self.offsets.sort_unstable_by_key(|&(seq, _)| seq);
+            self.events = Vec::new();
+            self.evicted = true;
+        }
+    }
+
+    /// Drops the events from memory if every one of them is written to the journal.
+    fn evict(&mut self, journal: Option<&Journal>) {
+        let Some(journal) = journal else { return };
         if self.evicted || self.offsets.len() != self.events.len() || self.offsets.is_empty() {
+            return;
+        }
+        let written = journal.written_end();
+        if self.offsets.iter().any(|&(_, at)| at >= written) {
+            // A record still in the journal's buffer: a later event of the run evicts.
             return;
         }
         // Concurrent appends of one run may reach the journal out of `seq` order.

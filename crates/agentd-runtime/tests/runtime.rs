@@ -630,6 +630,49 @@ async fn an_ended_runs_events_read_back_from_the_journal() {
     assert!(runtime.events(&outcome.id).is_err());
 }
 
+/// Events reach subscribers in `seq` order even when parallel nodes append concurrently (a
+/// stream resumes after the last `seq` it saw, so an event published late would be lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parallel_nodes_publish_their_events_in_seq_order() {
+    let text = WORKFLOW.replace(
+        "[nodes.answer]\nrole = \"answerer\"\nstage = \"answer\"\nafter = [\"research\"]",
+        "[nodes.check]\nrole = \"researcher\"\nstage = \"gather\"\nafter = [\"plan\"]\n\n\
+         [nodes.answer]\nrole = \"answerer\"\nstage = \"answer\"\nafter = [\"research\", \"check\"]",
+    );
+    assert_ne!(text, WORKFLOW, "the workflow has a parallel node");
+    let dir = tempfile::tempdir().unwrap();
+    let hooked = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let runtime = {
+        let hooked = Arc::clone(&hooked);
+        Runtime::builder()
+            .data_dir(dir.path())
+            .store(store(dir.path()))
+            .llm(llm(0.9) as Arc<dyn LlmClient>)
+            .event_hook(Arc::new(move |e| hooked.lock().push(e.seq)))
+            .build()
+            .unwrap()
+    };
+    for _ in 0..10 {
+        hooked.lock().clear();
+        let handle = runtime
+            .start(RunRequest::new(workflow(&text), "Which river?"))
+            .await
+            .unwrap();
+        let mut live = handle.subscribe();
+        let mut seen = Vec::new();
+        while let Ok(e) = live.recv().await {
+            seen.push(e.seq);
+        }
+        let outcome = handle.wait().await.unwrap();
+        assert_eq!(outcome.status, RunStatus::Finished, "{:?}", outcome.error);
+        assert!(seen.windows(2).all(|w| w[1] == w[0] + 1), "live: {seen:?}");
+        let hooked = hooked.lock().clone();
+        let expected: Vec<u64> = (1..=hooked.len() as u64).collect();
+        assert_eq!(hooked, expected, "hook");
+        assert_eq!(seen.last(), hooked.last());
+    }
+}
+
 #[tokio::test]
 async fn checkpoints_off_still_runs_and_leaves_no_journal() {
     let dir = tempfile::tempdir().unwrap();
