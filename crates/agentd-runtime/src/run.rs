@@ -8,7 +8,7 @@
 //! run; a timeout counts as a failure; cancellation stops every actor. Nothing waits forever.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use agentd_memory::{Filter, ItemId, Kind, MemoryItem, Page};
@@ -200,16 +200,7 @@ pub(crate) struct RunCx {
     pub budget: Option<Arc<RunBudget>>,
     /// Per node (by index): its name and its role's, shared by every event about it.
     names: Vec<NodeNames>,
-    /// How long this run's last routing took, in ns (`u64::MAX` before the first): see
-    /// [`INLINE_ROUTE`].
-    last_route_ns: AtomicU64,
 }
-
-/// A routing that took less than this last time runs on the executor's thread; a longer one
-/// (and a run's first, whose memory size is unknown) runs on the blocking pool. Handing a
-/// small routing to another thread and back costs more than the routing (context switches
-/// on both sides), while a large memory's routing would stall the executor's other tasks.
-const INLINE_ROUTE: Duration = Duration::from_micros(500);
 
 /// A node's name and its role's, allocated once per run.
 struct NodeNames {
@@ -240,7 +231,6 @@ impl RunCx {
             record,
             budget,
             names,
-            last_route_ns: AtomicU64::new(u64::MAX),
         }
     }
 
@@ -849,22 +839,28 @@ async fn attempt_node(
 
     // 1. Route.
     let budget = effective_budget(&role.profile, stage, node.budget, cx.budget.as_deref());
-    let inline = cx.last_route_ns.load(Ordering::Relaxed) < INLINE_ROUTE.as_nanos() as u64;
-    let (pack, took): (ContextPack, Duration) = if inline {
-        route(&cx.rt, workflow, record, index, round, budget, &query)?
-    } else {
+    let pack: ContextPack = {
         let workflow = Arc::clone(workflow);
         let record = Arc::clone(record);
         let query = query.clone();
         blocking(cx, move |rt| {
-            route(rt, &workflow, &record, index, round, budget, &query)
+            let node = &workflow.nodes[index];
+            let req = RouteRequest {
+                namespaces: &record.read_namespaces,
+                role: &workflow.role_of(node).profile,
+                stage: workflow.stage_of(node),
+                query: &query,
+                query_vector: None,
+                round,
+                budget,
+                policy: record.policy,
+                weights: &workflow.router.weights,
+                as_of_seq: Some(rt.store.last_seq()),
+            };
+            Ok(rt.router.route(&req)?)
         })
         .await?
     };
-    cx.last_route_ns.store(
-        took.as_nanos().min(u128::from(u64::MAX - 1)) as u64,
-        Ordering::Relaxed,
-    );
     if let Some(run_budget) = &cx.budget {
         run_budget.charge(u64::from(pack.tokens_used));
     }
@@ -958,34 +954,6 @@ async fn attempt_node(
     )
     .await?;
     Ok(items)
-}
-
-/// Routes node `index`'s context; returns the pack and how long routing took.
-fn route(
-    rt: &Inner,
-    workflow: &Workflow,
-    record: &RunRecord,
-    index: usize,
-    round: u32,
-    budget: u32,
-    query: &str,
-) -> Result<(ContextPack, Duration), RuntimeError> {
-    let started = Instant::now();
-    let node = &workflow.nodes[index];
-    let req = RouteRequest {
-        namespaces: &record.read_namespaces,
-        role: &workflow.role_of(node).profile,
-        stage: workflow.stage_of(node),
-        query,
-        query_vector: None,
-        round,
-        budget,
-        policy: record.policy,
-        weights: &workflow.router.weights,
-        as_of_seq: Some(rt.store.last_seq()),
-    };
-    let pack = rt.router.route(&req)?;
-    Ok((pack, started.elapsed()))
 }
 
 fn model_settings(cx: &RunCx, node: &NodeSpec) -> ModelSettings {
