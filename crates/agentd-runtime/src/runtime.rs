@@ -52,8 +52,9 @@ pub struct RuntimeBuilder {
 }
 
 /// A function called with every event of every run, after the event is journaled (synced,
-/// for a checkpoint) and before it is published live. It must be quick: it runs on the run's
-/// task. The daemon computes its metrics with one.
+/// for a checkpoint) and before it is published live, in each run's `seq` order. It must be
+/// quick and must not call back into the runtime about the same run: it runs on the run's
+/// task, holding the run's log lock. The daemon computes its metrics with one.
 pub type EventHook = Arc<dyn Fn(&Event) + Send + Sync>;
 
 impl RuntimeBuilder {
