@@ -2,7 +2,7 @@
 //!
 //! A workflow ([`agentd_workflow::Workflow`]) is a graph of nodes, each running one role at one
 //! stage, for up to `max_rounds` rounds. A run has one orchestrator actor and one actor per node
-//! (see [`run`](crate::run)). Before a node acts, the context router picks what its role may and
+//! (see [`crate::run`]). Before a node acts, the context router picks what its role may and
 //! should read from memory under a token budget; the agent (an LLM behind a role file, or a Rust
 //! [`Agent`]) acts on that context; its output is written back to memory as items
 //! ([`writeback`]); and the node's checkpoint is appended to the run journal ([`journal`]).

@@ -798,7 +798,7 @@ impl Runtime {
     }
 
     /// Recomputes a run's context packs under `policy` and compares them with the recorded
-    /// ones (see [`crate::replay`]).
+    /// ones (see [`mod@crate::replay`]).
     pub fn replay(&self, id: &str, policy: Policy) -> Result<crate::ReplayReport, RuntimeError> {
         let events = self.events(id)?;
         crate::replay::replay(&self.inner.router, id, &events, policy)
