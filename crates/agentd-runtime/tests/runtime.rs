@@ -12,7 +12,7 @@ use agentd_memory::{EmbeddedStore, Filter, Kind, MemoryStore, Page, StoreOptions
 use agentd_router::Policy;
 use agentd_runtime::{
     Agent, AgentError, AgentInput, AgentReply, Document, Durability, EventKind, OutputItem,
-    RunRequest, RunStatus, Runtime,
+    RunRequest, RunStatus, Runtime, RuntimeBuilder,
 };
 use agentd_workflow::Workflow;
 use parking_lot::Mutex;
@@ -77,6 +77,19 @@ fn store(dir: &std::path::Path) -> Arc<dyn MemoryStore> {
     Arc::new(EmbeddedStore::open(dir.join("memory"), options).unwrap())
 }
 
+/// A builder over a data folder and a store in `dir`.
+fn builder(dir: &std::path::Path) -> RuntimeBuilder {
+    Runtime::builder().data_dir(dir).store(store(dir))
+}
+
+/// A runtime in `dir` whose LLM is the scripted one, answering with confidence 0.9.
+fn scripted_runtime(dir: &std::path::Path) -> Runtime {
+    builder(dir)
+        .llm(llm(0.9) as Arc<dyn LlmClient>)
+        .build()
+        .unwrap()
+}
+
 fn docs() -> Vec<Document> {
     [
         (
@@ -132,9 +145,7 @@ fn llm(answer_confidence: f32) -> Arc<ScriptedClient> {
 async fn a_run_routes_acts_writes_back_and_stops_when_answered() {
     let dir = tempfile::tempdir().unwrap();
     let llm = llm(0.9);
-    let runtime = Runtime::builder()
-        .data_dir(dir.path())
-        .store(store(dir.path()))
+    let runtime = builder(dir.path())
         .llm(Arc::clone(&llm) as Arc<dyn LlmClient>)
         .build()
         .unwrap();
@@ -215,9 +226,7 @@ async fn rounds_repeat_until_the_stop_condition_and_memory_does_not_bloat() {
     let dir = tempfile::tempdir().unwrap();
     // Low confidence: never stops early, runs all 3 rounds.
     let llm = llm(0.3);
-    let runtime = Runtime::builder()
-        .data_dir(dir.path())
-        .store(store(dir.path()))
+    let runtime = builder(dir.path())
         .llm(Arc::clone(&llm) as Arc<dyn LlmClient>)
         .build()
         .unwrap();
@@ -263,12 +272,7 @@ async fn a_failing_llm_fails_the_run_with_the_error_after_retries() {
             Ok("not json at all".into())
         }
     });
-    let runtime = Runtime::builder()
-        .data_dir(dir.path())
-        .store(store(dir.path()))
-        .llm(Arc::new(llm))
-        .build()
-        .unwrap();
+    let runtime = builder(dir.path()).llm(Arc::new(llm)).build().unwrap();
     let outcome = runtime
         .run(RunRequest::new(workflow(WORKFLOW), "Which river?"))
         .await
@@ -315,9 +319,7 @@ async fn a_hanging_agent_times_out_and_fails_the_run() {
         .replace("timeout_secs = 5", "timeout_secs = 0.2")
         .replace("retries = 2", "retries = 1");
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Runtime::builder()
-        .data_dir(dir.path())
-        .store(store(dir.path()))
+    let runtime = builder(dir.path())
         .llm(llm(0.9) as Arc<dyn LlmClient>)
         .agent("answerer", Hang)
         .build()
@@ -336,9 +338,7 @@ async fn a_hanging_agent_times_out_and_fails_the_run() {
 #[tokio::test]
 async fn cancelling_stops_a_run() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Runtime::builder()
-        .data_dir(dir.path())
-        .store(store(dir.path()))
+    let runtime = builder(dir.path())
         .llm(llm(0.9) as Arc<dyn LlmClient>)
         .agent("answerer", Hang)
         .build()
@@ -362,10 +362,7 @@ async fn cancelling_stops_a_run() {
 async fn a_run_cancelled_before_its_task_first_runs_is_cancelled() {
     for slots in [None, Some(1)] {
         let dir = tempfile::tempdir().unwrap();
-        let mut builder = Runtime::builder()
-            .data_dir(dir.path())
-            .store(store(dir.path()))
-            .llm(llm(0.9) as Arc<dyn LlmClient>);
+        let mut builder = builder(dir.path()).llm(llm(0.9) as Arc<dyn LlmClient>);
         if let Some(n) = slots {
             builder = builder.max_running(n);
         }
@@ -387,12 +384,7 @@ async fn a_run_cancelled_before_its_task_first_runs_is_cancelled() {
 #[tokio::test]
 async fn waiting_on_an_ended_run_answers_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Runtime::builder()
-        .data_dir(dir.path())
-        .store(store(dir.path()))
-        .llm(llm(0.9) as Arc<dyn LlmClient>)
-        .build()
-        .unwrap();
+    let runtime = scripted_runtime(dir.path());
     let handle = runtime
         .start(RunRequest::new(workflow(WORKFLOW), "Which river?"))
         .await
@@ -415,11 +407,7 @@ async fn waiting_on_an_ended_run_answers_at_once() {
 #[tokio::test]
 async fn without_an_llm_or_agent_a_run_is_refused_with_a_hint() {
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Runtime::builder()
-        .data_dir(dir.path())
-        .store(store(dir.path()))
-        .build()
-        .unwrap();
+    let runtime = builder(dir.path()).build().unwrap();
     let err = match runtime
         .start(RunRequest::new(workflow(WORKFLOW), "q"))
         .await
@@ -438,12 +426,7 @@ async fn a_role_without_a_prompt_needs_a_rust_agent() {
     );
     assert_ne!(text, WORKFLOW);
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Runtime::builder()
-        .data_dir(dir.path())
-        .store(store(dir.path()))
-        .llm(llm(0.9) as Arc<dyn LlmClient>)
-        .build()
-        .unwrap();
+    let runtime = scripted_runtime(dir.path());
     let err = match runtime.start(RunRequest::new(workflow(&text), "q")).await {
         Err(e) => e.to_string(),
         Ok(_) => panic!("an LLM was asked to play a role without a prompt"),
@@ -644,9 +627,7 @@ async fn parallel_nodes_publish_their_events_in_seq_order() {
     let hooked = Arc::new(Mutex::new(Vec::<u64>::new()));
     let runtime = {
         let hooked = Arc::clone(&hooked);
-        Runtime::builder()
-            .data_dir(dir.path())
-            .store(store(dir.path()))
+        builder(dir.path())
             .llm(llm(0.9) as Arc<dyn LlmClient>)
             .event_hook(Arc::new(move |e| hooked.lock().push(e.seq)))
             .build()
@@ -700,12 +681,7 @@ async fn checkpoints_off_still_runs_and_leaves_no_journal() {
 async fn a_runs_live_channel_carries_every_event_to_its_end_then_closes() {
     use tokio::sync::broadcast::error::RecvError;
     let dir = tempfile::tempdir().unwrap();
-    let runtime = Runtime::builder()
-        .data_dir(dir.path())
-        .store(store(dir.path()))
-        .llm(llm(0.9) as Arc<dyn LlmClient>)
-        .build()
-        .unwrap();
+    let runtime = scripted_runtime(dir.path());
     let handle = runtime
         .start(RunRequest::new(workflow(WORKFLOW), "Which river?"))
         .await
