@@ -90,7 +90,7 @@ impl RunShared {
         }
         if finished.is_some() {
             // Every offset given here was read from the file, so it is written.
-            log.evict_read_back();
+            log.evict(u64::MAX);
         }
         Arc::new(RunShared {
             id,
@@ -312,32 +312,26 @@ pub(crate) async fn record(
             log.live = None;
         }
     }
-    if log.state.status != RunStatus::Running && log.unpublished.is_empty() {
-        log.evict(rt.journal.as_ref());
+    if let Some(journal) = &rt.journal
+        && log.state.status != RunStatus::Running
+        && log.unpublished.is_empty()
+    {
+        log.evict(journal.written_end());
     }
     appended?;
     Ok(())
 }
 
 impl RunLog {
-    /// Drops the events of a run found ended on open (all of them read from the journal).
-    fn evict_read_back(&mut self) {
-        if self.offsets.len() == self.events.len() && !self.offsets.is_empty() {
-            self.offsets.sort_unstable_by_key(|&(seq, _)| seq);
-            self.events = Vec::new();
-            self.evicted = true;
-        }
-    }
-
-    /// Drops the events from memory if every one of them is written to the journal.
-    fn evict(&mut self, journal: Option<&Journal>) {
-        let Some(journal) = journal else { return };
-        if self.evicted || self.offsets.len() != self.events.len() || self.offsets.is_empty() {
-            return;
-        }
-        let written = journal.written_end();
-        if self.offsets.iter().any(|&(_, at)| at >= written) {
-            // A record still in the journal's buffer: a later event of the run evicts.
+    /// Drops the events from memory if every one of them has a record in the journal that
+    /// starts below `written_end` (so it is written and can be read back).
+    fn evict(&mut self, written_end: u64) {
+        if self.evicted
+            || self.offsets.is_empty()
+            || self.offsets.len() != self.events.len()
+            || self.offsets.iter().any(|&(_, at)| at >= written_end)
+        {
+            // Without a journal, or a record still in its buffer: a later event evicts.
             return;
         }
         // Concurrent appends of one run may reach the journal out of `seq` order.
