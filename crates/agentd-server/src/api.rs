@@ -506,17 +506,7 @@ async fn get_run(
     let id = path_id(id)?;
     let run = state.owned_run(&caller, &id)?;
     let queued = state.runtime.is_queued(&id).unwrap_or(false);
-    let runtime = state.runtime.clone();
-    let outcome = {
-        let run_id = id.clone();
-        tokio::task::spawn_blocking(move || runtime.outcome(&run_id))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| match e {
-                RuntimeError::UnknownRun(_) => ApiError::run_not_found(&id),
-                other => ApiError::internal(other),
-            })?
-    };
+    let outcome = about_run(&state, &id, |runtime, id| runtime.outcome(id)).await?;
     let record = run.record.as_ref();
     let mut body = summary(&run, status_name(&run, queued));
     body["input"] = json!(record.map(|r| r.input.as_str()));
@@ -527,6 +517,21 @@ async fn get_run(
     body["usage"] = json!(outcome.usage);
     body["last_event_id"] = json!(run.last_seq);
     Ok(axum::Json(body).into_response())
+}
+
+/// Calls `f` about run `id` on the blocking pool (it may read the store or the journal):
+/// an unknown run is a 404, any other error a 500.
+async fn about_run<T: Send + 'static>(
+    state: &AppState,
+    id: &str,
+    f: impl FnOnce(&Runtime, &str) -> Result<T, RuntimeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let runtime = state.runtime.clone();
+    let run = id.to_owned();
+    tokio::task::spawn_blocking(move || f(&runtime, &run))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(|e| ApiError::from_run(id, e))
 }
 
 async fn cancel_run(
@@ -627,15 +632,8 @@ async fn run_events(
             })?,
         None => q.after.unwrap_or(0),
     };
-    // A run that has ended is read back from the journal: off the executor.
-    let (past, live) = {
-        let runtime = state.runtime.clone();
-        let run = id.clone();
-        tokio::task::spawn_blocking(move || runtime.follow(&run, after))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::from_run(&id, e))?
-    };
+    // A run that has ended is read back from the journal.
+    let (past, live) = about_run(&state, &id, move |runtime, id| runtime.follow(id, after)).await?;
     let (tx, rx) = mpsc::channel::<SseEvent>(256);
     tokio::spawn(pump_events(
         state.runtime.clone(),
@@ -828,14 +826,7 @@ async fn run_manifests(
 ) -> Result<Response, ApiError> {
     let id = path_id(id)?;
     state.owned_run(&caller, &id)?;
-    let events = {
-        let runtime = state.runtime.clone();
-        let run = id.clone();
-        tokio::task::spawn_blocking(move || runtime.events(&run))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(|e| ApiError::from_run(&id, e))?
-    };
+    let events = about_run(&state, &id, |runtime, id| runtime.events(id)).await?;
     let manifests: Vec<Value> = events
         .iter()
         .filter_map(|e| match &e.kind {
