@@ -406,8 +406,7 @@ impl Journal {
         self.reader
             .read_exact_at(&mut header, offset)
             .map_err(|e| corrupt(e.to_string()))?;
-        let len = u32::from_le_bytes(header[..4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(header[4..].try_into().expect("4 bytes"));
+        let (len, crc) = frame_header(&header);
         if len == 0 || len > MAX_RECORD {
             return Err(corrupt(format!("no record there (length {len})")));
         }
@@ -596,12 +595,18 @@ fn decode(payload: &[u8]) -> Result<Event, String> {
 
 /// Decodes frames until the first torn or corrupt one; returns the events and the length of
 /// the intact prefix.
+/// A record's payload length and checksum, from the `HEADER` bytes that start it.
+fn frame_header(header: &[u8]) -> (usize, u32) {
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    (word(0) as usize, word(4))
+}
+
 fn decode_all(bytes: &[u8]) -> (Vec<(Event, u64)>, usize) {
     let mut events = Vec::new();
     let mut at = 0;
     while bytes.len() - at >= HEADER {
-        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
-        let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap());
+        let (len, crc) = frame_header(&bytes[at..at + HEADER]);
         if len == 0 {
             // The preallocated zeros after the last record.
             break;
