@@ -7,10 +7,10 @@
 //!   fast enough for the ingest path (hundreds of thousands of short texts per second per core).
 //!   The trade-off is that it only knows about shared words: "car" and "automobile" are unrelated
 //!   to it.
-//! * `MiniLmEmbedder` (cargo feature `minilm`): all-MiniLM-L6-v2 through fastembed and a
-//!   dynamically loaded ONNX Runtime. It captures meaning beyond shared words, but it needs model
-//!   files and the runtime library on disk (`scripts/fetch-models.sh` puts them there) and embeds
-//!   only a few hundred texts per second on two cores.
+//! * `MiniLmEmbedder` (cargo feature `minilm`): all-MiniLM-L6-v2 through a dynamically loaded
+//!   ONNX Runtime. It captures meaning beyond shared words, but it needs model files and the
+//!   runtime library on disk (`scripts/fetch-models.sh` puts them there) and embeds about 150
+//!   texts of ~150 word pieces per second on two cores.
 //!
 //! A store records [`Embedder::name`] and [`Embedder::dimension`] and refuses to reopen with an
 //! embedder that differs in either, since vectors of different embedders are not comparable.
