@@ -227,7 +227,7 @@ fi
 
 echo
 echo "Done. Files:"
-find "$models_dir" -mindepth 2 -maxdepth 2 \( -type f -o -type l \) ! -name '*.part' | sort | sed 's/^/  /'
+find "$models_dir" -mindepth 2 -maxdepth 2 \( -type f -o -type l \) ! -name '*.part' ! -path '*venv/*' ! -path '*/run/*' | sort | sed 's/^/  /'
 echo
 echo "ONNX Runtime is loaded at run time; point agentd at it with:"
 echo "  export ORT_DYLIB_PATH=$ort_dir/libonnxruntime.so"
