@@ -23,8 +23,8 @@
 //! (default 1). One text per call wastes nothing on padding and keeps a text's vector
 //! independent of the texts it is embedded with (the int8 graph quantizes activations per call).
 //! Measured on 2 cores (AMD EPYC, ONNX Runtime 1.32): `agentd bench memory --items 1000
-//! --embedder minilm` (synthetic items of ~145 word pieces) ingests 146-152 items/s with the
-//! built graph against 51 with the published one (and 40 through fastembed before); the
+//! --embedder minilm` (synthetic items of ~145 word pieces) ingests 137-152 items/s (median
+//! ~144) with the built graph against 51 with the published one (40 through fastembed); the
 //! `minilm_real_text_throughput` harness embeds HotpotQA paragraphs (121 word pieces) at 169/s.
 //! Two sessions of one thread scale 2.0x over one session.
 //!

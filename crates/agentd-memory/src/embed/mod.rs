@@ -9,8 +9,8 @@
 //!   to it.
 //! * `MiniLmEmbedder` (cargo feature `minilm`): all-MiniLM-L6-v2 through a dynamically loaded
 //!   ONNX Runtime. It captures meaning beyond shared words, but it needs model files and the
-//!   runtime library on disk (`scripts/fetch-models.sh` puts them there) and embeds about 150
-//!   texts of ~150 word pieces per second on two cores.
+//!   runtime library on disk (`scripts/fetch-models.sh` puts them there) and embeds about 145
+//!   texts of ~145 word pieces per second on two cores.
 //!
 //! A store records [`Embedder::name`] and [`Embedder::dimension`] and refuses to reopen with an
 //! embedder that differs in either, since vectors of different embedders are not comparable.
