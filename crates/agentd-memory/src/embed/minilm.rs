@@ -702,14 +702,19 @@ mod tests {
         );
     }
 
+    /// Whether missing model files fail the real-model tests (`AGENTD_REQUIRE_MODELS=1`, as in
+    /// CI) instead of skipping them.
+    fn models_required() -> bool {
+        std::env::var("AGENTD_REQUIRE_MODELS").is_ok_and(|v| v == "1")
+    }
+
     /// The real model with `config` applied, or `None` (with a note) when its files are missing
-    /// and `AGENTD_REQUIRE_MODELS` is not `1`.
+    /// and [`models_required`] is false.
     fn real_embedder(config: impl FnOnce(MiniLmConfig) -> MiniLmConfig) -> Option<MiniLmEmbedder> {
         let defaults = MiniLmConfig::new(models_dir().join(super::super::MINILM_SUBDIR));
-        let required = std::env::var("AGENTD_REQUIRE_MODELS").is_ok_and(|v| v == "1");
         match MiniLmEmbedder::new(config(defaults)) {
             Ok(e) => Some(e),
-            Err(err @ EmbedError::MissingFiles { .. }) if !required => {
+            Err(err @ EmbedError::MissingFiles { .. }) if !models_required() => {
                 eprintln!("skipping a real MiniLM test: {err}");
                 None
             }
@@ -753,6 +758,16 @@ mod tests {
         });
     }
 
+    /// Asserts that `a` and `b` embed every one of [`SENTENCES`] to vectors with a cosine above
+    /// `min`.
+    fn assert_agree(a: &MiniLmEmbedder, b: &MiniLmEmbedder, min: f32) {
+        let x = a.embed_batch(&SENTENCES).unwrap();
+        let y = b.embed_batch(&SENTENCES).unwrap();
+        for ((text, x), y) in SENTENCES.iter().zip(&x).zip(&y) {
+            assert!(cosine(x, y) > min, "{text:?}: {}", cosine(x, y));
+        }
+    }
+
     /// A model directory holding the published float-path graph (`source.onnx`, kept by
     /// `scripts/fetch-models.sh`) as its `model.onnx`, next to the real tokenizer files.
     fn source_graph_dir() -> Option<PathBuf> {
@@ -777,7 +792,6 @@ mod tests {
     fn batches_of_several_texts_pad_and_pool_correctly() {
         // Exact check on the published graph (no activation quantization): padding a text to
         // its batch's longest must not change its vector.
-        let required = std::env::var("AGENTD_REQUIRE_MODELS").is_ok_and(|v| v == "1");
         match source_graph_dir() {
             Some(dir) => {
                 let config = |batch_size| MiniLmConfig {
@@ -786,13 +800,11 @@ mod tests {
                 };
                 let single = MiniLmEmbedder::new(config(1)).unwrap();
                 let batched = MiniLmEmbedder::new(config(4)).unwrap();
-                let a = single.embed_batch(&SENTENCES).unwrap();
-                let b = batched.embed_batch(&SENTENCES).unwrap();
-                for ((text, x), y) in SENTENCES.iter().zip(&a).zip(&b) {
-                    assert!(cosine(x, y) > 0.9999, "{text:?}: {}", cosine(x, y));
-                }
+                assert_agree(&single, &batched, 0.9999);
             }
-            None if required => panic!("source.onnx is missing: run scripts/fetch-models.sh"),
+            None if models_required() => {
+                panic!("source.onnx is missing: run scripts/fetch-models.sh")
+            }
             None => eprintln!("skipping the exact padding check: no source.onnx"),
         }
         // The installed int8 graph quantizes activations per call, so batching moves vectors a
@@ -803,21 +815,16 @@ mod tests {
         let Some(batched) = real_embedder(|c| MiniLmConfig { batch_size: 4, ..c }) else {
             return;
         };
-        let a = single.embed_batch(&SENTENCES).unwrap();
-        let b = batched.embed_batch(&SENTENCES).unwrap();
-        for ((text, x), y) in SENTENCES.iter().zip(&a).zip(&b) {
-            assert!(cosine(x, y) > 0.9, "{text:?}: {}", cosine(x, y));
-        }
+        assert_agree(&single, &batched, 0.9);
     }
 
     #[test]
     fn the_installed_graph_stays_close_to_the_published_one() {
         // scripts/build-minilm.py keeps the weights and quantizes activations: vectors move by
         // a cosine of ~0.01 (measured: min 0.98 over 400 synthetic texts).
-        let required = std::env::var("AGENTD_REQUIRE_MODELS").is_ok_and(|v| v == "1");
         let Some(dir) = source_graph_dir() else {
             assert!(
-                !required,
+                !models_required(),
                 "source.onnx is missing: run scripts/fetch-models.sh"
             );
             return;
@@ -826,11 +833,7 @@ mod tests {
             return;
         };
         let published = MiniLmEmbedder::new(MiniLmConfig::new(&dir)).unwrap();
-        let a = installed.embed_batch(&SENTENCES).unwrap();
-        let b = published.embed_batch(&SENTENCES).unwrap();
-        for ((text, x), y) in SENTENCES.iter().zip(&a).zip(&b) {
-            assert!(cosine(x, y) > 0.97, "{text:?}: {}", cosine(x, y));
-        }
+        assert_agree(&installed, &published, 0.97);
     }
 
     #[test]
@@ -869,19 +872,11 @@ mod tests {
         });
     }
 
-    /// Runs the real model when its files are present. Skips (with a note) when they are not,
-    /// unless `AGENTD_REQUIRE_MODELS=1`, in which case missing files fail the test.
+    /// Runs the real model (see [`real_embedder`] for when it is skipped).
     #[test]
     fn real_model_embeds_meaningfully() {
-        let config = MiniLmConfig::new(models_dir().join(super::super::MINILM_SUBDIR));
-        let required = std::env::var("AGENTD_REQUIRE_MODELS").is_ok_and(|v| v == "1");
-        let embedder = match MiniLmEmbedder::new(config) {
-            Ok(e) => e,
-            Err(err @ EmbedError::MissingFiles { .. }) if !required => {
-                eprintln!("skipping the real MiniLM test: {err}");
-                return;
-            }
-            Err(err) => panic!("MiniLM failed to load: {err}"),
+        let Some(embedder) = real_embedder(|c| c) else {
+            return;
         };
         assert_eq!(embedder.name(), "minilm-l6-v2");
         assert_eq!(embedder.dimension(), 384);
