@@ -8,6 +8,7 @@
 //! router's inner loop calls it without an executor. Async callers use `spawn_blocking` for
 //! writes.
 
+mod background;
 mod catalog;
 mod embedded;
 mod phases;

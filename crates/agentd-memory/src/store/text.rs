@@ -50,6 +50,7 @@ use tantivy::{
     TantivyDocument, Term,
 };
 
+use super::background;
 use super::textdir::{self, UnsyncedDirectory};
 use crate::error::{MemoryError, Result};
 use crate::item::{ItemId, MemoryItem};
@@ -340,9 +341,12 @@ impl TextIndex {
                 .try_into()
                 .map_err(|e: tantivy::TantivyError| corrupt(e.to_string()))?;
             index.load_metas().map_err(|e| corrupt(e.to_string()))?;
-            let writer = index
-                .writer_with_num_threads(1, WRITER_HEAP_BYTES)
-                .map_err(|e| corrupt(e.to_string()))?;
+            // tantivy's indexing and merge threads, started with the writer, inherit the
+            // priority of the thread that creates it: background work.
+            let writer = background::spawn_low_priority(|| {
+                index.writer_with_num_threads(1, WRITER_HEAP_BYTES)
+            })
+            .map_err(|e| corrupt(e.to_string()))?;
             let analyzer = index
                 .tokenizers()
                 .get(TOKENIZER)

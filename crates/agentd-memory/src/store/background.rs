@@ -1,0 +1,68 @@
+//! Background work at a lower CPU priority than the requests it serves.
+//!
+//! The store's maintenance (the text index committer, tantivy's indexing and merge threads, the
+//! HNSW graph builder) can take a core for milliseconds to seconds. On a small machine that
+//! time comes out of the searches and writes waiting to run, as latency. Run at a lower
+//! priority (a nice value [`NICE_INCREMENT`] above the caller's), the kernel gives the cores
+//! to request threads first and to maintenance whenever they are idle, which on a daemon is
+//! most of the time; maintenance is never starved outright (CFS gives every runnable thread
+//! a share), and writers that find the text index's tail far past its limit commit it
+//! themselves at their own priority.
+//!
+//! On Linux the nice value is a per-thread attribute, inherited by the threads a thread
+//! starts; elsewhere these functions do nothing.
+
+/// How much nicer than the thread that starts it background work runs (lower priority; the
+/// kernel's weight for nice +10 is about a tenth of nice 0).
+pub(crate) const NICE_INCREMENT: i32 = 10;
+
+/// Lowers the calling thread's CPU priority by [`NICE_INCREMENT`]. Failure (a platform
+/// without per-thread nice values, a sandbox forbidding it) leaves the priority as it is.
+pub(crate) fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: `nice` takes and returns plain integers; on Linux it changes the nice value of
+    // the calling thread only (a per-thread attribute under NPTL).
+    unsafe {
+        libc::nice(NICE_INCREMENT);
+    }
+}
+
+/// Runs `work` on a new thread at background priority and returns its result: threads that
+/// `work` starts inherit that priority. A panic in `work` is resumed on the caller.
+pub(crate) fn spawn_low_priority<T: Send>(work: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                lower_priority();
+                work()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+#[cfg(all(test, target_os = "linux"))]
+mod tests {
+    use super::*;
+
+    /// The calling thread's nice value.
+    fn nice() -> i32 {
+        // SAFETY: plain integers in and out; `getpriority` may return -1 legitimately, so a
+        // test only compares values it knows are in range.
+        unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+    }
+
+    #[test]
+    fn background_threads_and_their_children_run_nicer_than_their_parent() {
+        let parent = nice();
+        let (own, child) =
+            spawn_low_priority(|| (nice(), std::thread::spawn(nice).join().unwrap()));
+        let expected = (parent + NICE_INCREMENT).min(19);
+        assert_eq!(own, expected, "the background thread's nice value");
+        assert_eq!(
+            child, expected,
+            "a thread started by background work inherits it"
+        );
+        assert_eq!(nice(), parent, "the caller's priority is unchanged");
+    }
+}
