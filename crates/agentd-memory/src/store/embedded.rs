@@ -27,6 +27,11 @@
 //! When the tail is full, a committer thread commits it to tantivy off the write path (see
 //! `text.rs`).
 //!
+//! A search or listing ranks and filters under the catalog's read lock (a write publishing its
+//! batch waits for it), then releases the lock before it reads and decodes the items from sled,
+//! so that part keeps no writer waiting; an item whose namespace was deleted in between is
+//! left out.
+//!
 //! A large batch (bulk ingest) goes under the writer lock from the start: its documents go to
 //! tantivy's index writer first (its indexing thread works on them while this thread counts
 //! tokens and embeds), then sled's write with its fsync and the text index commit run side by
@@ -226,6 +231,18 @@ struct Shared {
     writing: std::sync::atomic::AtomicUsize,
     /// Sequence number of the newest published item (0: none).
     last_seq: std::sync::atomic::AtomicU64,
+}
+
+/// The ids and superseded flags of catalog slots, for [`EmbeddedStore::read_refs`] once the
+/// catalog's lock is released.
+fn slot_refs(slots: &[u32], state: &State) -> Vec<(ItemId, bool)> {
+    slots
+        .iter()
+        .map(|&slot| {
+            let entry = state.catalog.entry(slot);
+            (entry.id, entry.superseded)
+        })
+        .collect()
 }
 
 /// The memory store on local disk. See the module docs for its layout and write protocol.
@@ -855,20 +872,27 @@ impl EmbeddedStore {
         Ok(Some(item))
     }
 
-    fn read_slots(&self, slots: &[u32], state: &State) -> Result<Vec<MemoryItem>> {
-        slots
-            .iter()
-            .map(|&slot| {
-                let entry = state.catalog.entry(slot);
-                let mut item = read_item(&self.path, &self.db, &entry.id)?.ok_or_else(|| {
-                    MemoryError::Corrupt {
-                        path: self.path.clone(),
-                        reason: format!("item {} is in the catalog but not in sled", entry.id),
+    /// Reads the items of catalog `slots` (looked up under the catalog's read lock, which the
+    /// caller releases first: sled reads and decoding then keep no writer waiting). An item
+    /// whose namespace was deleted since the lookup is `None`; one still in the catalog but
+    /// missing from sled is corruption.
+    fn read_refs(&self, refs: &[(ItemId, bool)]) -> Result<Vec<Option<MemoryItem>>> {
+        refs.iter()
+            .map(
+                |&(id, superseded)| match read_item(&self.path, &self.db, &id)? {
+                    Some(mut item) => {
+                        item.superseded = superseded;
+                        Ok(Some(item))
                     }
-                })?;
-                item.superseded = entry.superseded;
-                Ok(item)
-            })
+                    None if self.shared.state.read().catalog.slot_of_id(&id).is_some() => {
+                        Err(MemoryError::Corrupt {
+                            path: self.path.clone(),
+                            reason: format!("item {id} is in the catalog but not in sled"),
+                        })
+                    }
+                    None => Ok(None),
+                },
+            )
             .collect()
     }
 
@@ -1084,7 +1108,9 @@ impl MemoryStore for EmbeddedStore {
             }
         }
         slots.truncate(page.limit);
-        self.read_slots(&slots, &state)
+        let refs = slot_refs(&slots, &state);
+        drop(state);
+        Ok(self.read_refs(&refs)?.into_iter().flatten().collect())
     }
 
     fn count(&self, filter: &Filter) -> Result<usize> {
@@ -1102,8 +1128,9 @@ impl MemoryStore for EmbeddedStore {
 
     fn history(&self, namespace: &str, key: &str) -> Result<Vec<MemoryItem>> {
         let state = self.shared.state.read();
-        let slots = state.catalog.history(namespace, key);
-        self.read_slots(&slots, &state)
+        let refs = slot_refs(&state.catalog.history(namespace, key), &state);
+        drop(state);
+        Ok(self.read_refs(&refs)?.into_iter().flatten().collect())
     }
 
     fn search(&self, query: &SearchQuery<'_>, filter: &Filter, k: usize) -> Result<Vec<SearchHit>> {
@@ -1148,15 +1175,19 @@ impl MemoryStore for EmbeddedStore {
             }
         };
         let slots: Vec<u32> = ranked.iter().map(|r| r.0).collect();
-        let items = self.read_slots(&slots, &state)?;
+        let refs = slot_refs(&slots, &state);
+        drop(state);
+        let items = self.read_refs(&refs)?;
         Ok(items
             .into_iter()
             .zip(ranked)
-            .map(|(item, (_, score, bm25, cosine))| SearchHit {
-                item,
-                score,
-                bm25,
-                cosine,
+            .filter_map(|(item, (_, score, bm25, cosine))| {
+                Some(SearchHit {
+                    item: item?,
+                    score,
+                    bm25,
+                    cosine,
+                })
             })
             .collect())
     }
@@ -1857,6 +1888,42 @@ mod tests {
             })
             .map(|h| (h.item.id, h.cosine.unwrap().to_bits()))
             .collect()
+    }
+
+    /// Searches and listings read items from sled after releasing the catalog's lock; an
+    /// item the catalog still holds but sled lost is reported as corruption, not skipped.
+    #[test]
+    fn an_item_missing_from_sled_but_in_the_catalog_is_corruption() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with(dir.path(), hashing()).unwrap();
+        let kept = store
+            .put(NewItem::new("ns", Kind::Evidence, "the river flows north"))
+            .unwrap();
+        let lost = store
+            .put(NewItem::new("ns", Kind::Evidence, "the river flows south"))
+            .unwrap();
+        store.db.remove(item_key(&lost.id)).unwrap();
+
+        let bm25 = SearchQuery::new("river south", SearchMode::Bm25);
+        let err = store
+            .search(&bm25, &Filter::namespace("ns"), 5)
+            .unwrap_err();
+        assert!(matches!(err, MemoryError::Corrupt { .. }), "{err}");
+        let err = store
+            .list(&Filter::namespace("ns"), &Page::default())
+            .unwrap_err();
+        assert!(matches!(err, MemoryError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains(&lost.id.to_string()), "{err}");
+
+        // A deleted namespace's items are simply gone.
+        store.delete_namespace("ns").unwrap();
+        assert!(
+            store
+                .search(&bm25, &Filter::namespace("ns"), 5)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(store.get(kept.id).unwrap(), None);
     }
 
     /// Recent small writes wait in the text index's tail, shared by every namespace: a
