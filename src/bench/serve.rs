@@ -6,6 +6,9 @@
 //! submits `runs` runs of a three-node workflow (plan → research → answer) concurrently over
 //! HTTP (retrying 429s after their `Retry-After`) and polls the daemon's run gauges
 //! (`/metrics`) until every run has ended.
+//! The responder and the client run on a runtime of their own (one thread), as they would in
+//! another process: the daemon's scheduler queues only the daemon's tasks, and its overhead
+//! is not the harness's.
 //!
 //! Figures: submitted, completed, failed, runs/s (completed over the wall time from the first
 //! submission to the last completion), the daemon's overhead per node (from `node_started` to
@@ -218,40 +221,24 @@ fn runs_by_status(metrics: &str) -> std::collections::HashMap<String, usize> {
         .collect()
 }
 
-/// Runs the benchmark.
-pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
-    if args.runs == 0 || args.max_running == 0 {
-        anyhow::bail!("--runs and --max-running must be at least 1");
-    }
-    let latency = Duration::from_millis(args.llm_latency_ms);
-    let llm = MockServer::with(move |req| MockReply::text(reply_for(req)).after(latency));
-    llm.set_recording(false);
-    let dir = tempfile::tempdir()?;
-    let mut config = ServerConfig {
-        listen: "127.0.0.1:0".parse()?,
-        data_dir: dir.path().join("data"),
-        ..ServerConfig::default()
-    };
-    config.llm.base_url = llm.base_url();
-    config.llm.model = "mock-model".into();
-    config.llm.concurrency = args.max_running;
-    config.llm.max_retries = 0;
-    config.limits.max_running = args.max_running;
-    config.limits.queue_capacity = args.queue_capacity;
-    if let Some(ms) = args.checkpoint_delay_ms {
-        config.commit.checkpoint_delay_ms = ms;
-    }
-    if let Some(ms) = args.store_delay_ms {
-        config.commit.store_delay_ms = ms;
-    }
-    config.check().map_err(|e| anyhow::anyhow!("{e}"))?;
-    let server = Server::bind(config).await?;
-    let base = format!("http://{}", server.local_addr()?);
-    let metrics = Arc::clone(&server.state().metrics);
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let daemon = tokio::spawn(server.run(async {
-        let _ = stop_rx.await;
-    }));
+/// What the client saw.
+struct Load {
+    submitted: usize,
+    retried: usize,
+    completed: usize,
+    ended_badly: usize,
+    wall: f64,
+    submit_ms: Vec<f64>,
+}
+
+/// The client: warms the daemon up, submits the runs, and polls until every run has ended.
+/// Its connections close when it returns, before the daemon stops (they hold the daemon's
+/// state, and its store).
+async fn submit_and_wait(
+    args: ServeBenchArgs,
+    base: String,
+    metrics: Arc<agentd_server::metrics::Metrics>,
+) -> anyhow::Result<Load> {
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(args.concurrency.unwrap_or(args.runs).min(512))
         .build()?;
@@ -327,14 +314,76 @@ pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
         // Polling scans every run: keep it rare enough not to weigh on the figures.
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    let wall = started.elapsed().as_secs_f64();
+    Ok(Load {
+        submitted,
+        retried,
+        completed,
+        ended_badly,
+        wall: started.elapsed().as_secs_f64(),
+        submit_ms,
+    })
+}
+
+/// Runs the benchmark.
+pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
+    if args.runs == 0 || args.max_running == 0 {
+        anyhow::bail!("--runs and --max-running must be at least 1");
+    }
+    // The harness (the LLM responder and the client) runs on its own thread: the daemon's
+    // scheduler sees only the daemon's tasks, as it would with the load coming from elsewhere.
+    let harness = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("bench-harness")
+        .enable_all()
+        .build()?;
+    let latency = Duration::from_millis(args.llm_latency_ms);
+    let llm = {
+        let _in_harness = harness.enter();
+        MockServer::with(move |req| MockReply::text(reply_for(req)).after(latency))
+    };
+    llm.set_recording(false);
+    let dir = tempfile::tempdir()?;
+    let mut config = ServerConfig {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: dir.path().join("data"),
+        ..ServerConfig::default()
+    };
+    config.llm.base_url = llm.base_url();
+    config.llm.model = "mock-model".into();
+    config.llm.concurrency = args.max_running;
+    config.llm.max_retries = 0;
+    config.limits.max_running = args.max_running;
+    config.limits.queue_capacity = args.queue_capacity;
+    if let Some(ms) = args.checkpoint_delay_ms {
+        config.commit.checkpoint_delay_ms = ms;
+    }
+    if let Some(ms) = args.store_delay_ms {
+        config.commit.store_delay_ms = ms;
+    }
+    config.check().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let server = Server::bind(config).await?;
+    let base = format!("http://{}", server.local_addr()?);
+    let metrics = Arc::clone(&server.state().metrics);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let daemon = tokio::spawn(server.run(async {
+        let _ = stop_rx.await;
+    }));
+    let load = harness.spawn(submit_and_wait(args.clone(), base, Arc::clone(&metrics)));
+    let Load {
+        submitted,
+        retried,
+        completed,
+        ended_badly,
+        wall,
+        mut submit_ms,
+    } = load.await??;
     let phases = metrics.node_phases_ms();
     let mut overheads = metrics.node_overheads_ms();
-    // Close the client's connections first: they hold the daemon's state (and its store).
-    drop(client);
     let _ = stop_tx.send(());
     let _ = daemon.await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(llm);
+    harness.shutdown_background();
     let failed = args.runs.saturating_sub(completed).max(ended_badly);
     Ok(ServeReport {
         submitted,
