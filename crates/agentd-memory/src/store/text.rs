@@ -475,31 +475,31 @@ impl TextIndex {
     /// commit; documents queued with `add` are dropped.
     pub fn commit(&self, writer: &mut IndexWriter, watermark: Option<u64>) -> Result<()> {
         let mut phases = super::phases::Phases::start();
-        {
+        // Freeze the tail, and take the frozen documents' index documents out (searches
+        // don't read them; they go back if the commit fails). Only a commit (under the index
+        // writer, which the caller holds) changes the frozen tail, so they are prepared for
+        // the index writer with no lock held: a write appending to the tail meanwhile never
+        // waits for that copy.
+        let (originals, seqs) = {
             let mut published = self.published.write();
             let tail = std::mem::take(&mut published.tail);
             published.frozen.absorb(tail);
             if watermark.is_none() && published.frozen.docs.is_empty() {
                 return Ok(());
             }
-        }
-        // Only a commit (under the index writer, which the caller holds) changes the frozen
-        // tail: read it without blocking searches.
-        let (documents, frozen_last) = {
-            let published = self.published.read();
-            let frozen = &published.frozen;
-            let documents: Vec<TantivyDocument> = frozen
-                .docs
-                .iter()
-                .zip(&frozen.documents)
-                .map(|(d, doc)| {
-                    let mut doc = doc.clone();
-                    doc.add_u64(self.fields.seq, d.seq);
-                    doc
-                })
-                .collect();
-            (documents, frozen.docs.iter().map(|d| d.seq).max())
+            let seqs: Vec<u64> = published.frozen.docs.iter().map(|d| d.seq).collect();
+            (std::mem::take(&mut published.frozen.documents), seqs)
         };
+        let documents: Vec<TantivyDocument> = originals
+            .iter()
+            .zip(&seqs)
+            .map(|(doc, &seq)| {
+                let mut doc = doc.clone();
+                doc.add_u64(self.fields.seq, seq);
+                doc
+            })
+            .collect();
+        let frozen_last = seqs.iter().max().copied();
         let watermark = watermark
             .into_iter()
             .chain(frozen_last)
@@ -533,6 +533,7 @@ impl TextIndex {
                 if let Err(rollback) = writer.rollback() {
                     tracing::error!(error = %rollback, "rolling back the text index writer after a failed commit");
                 }
+                self.published.write().frozen.documents = originals;
                 Err(e)
             }
         }
