@@ -1,13 +1,18 @@
 //! Background work at a lower CPU priority than the requests it serves.
 //!
-//! The store's maintenance (the text index committer, tantivy's indexing and merge threads, the
-//! HNSW graph builder) can take a core for milliseconds to seconds. On a small machine that
-//! time comes out of the searches and writes waiting to run, as latency. Run at a lower
-//! priority (a nice value [`NICE_INCREMENT`] above the caller's), the kernel gives the cores
-//! to request threads first and to maintenance whenever they are idle, which on a daemon is
-//! most of the time; maintenance is never starved outright (CFS gives every runnable thread
-//! a share), and writers that find the text index's tail far past its limit commit it
-//! themselves at their own priority.
+//! tantivy's indexing and merge threads can take a core for milliseconds to seconds (a tail
+//! commit, a segment merge). On a small machine that time comes out of the searches and writes
+//! waiting to run, as latency. At a lower priority (a nice value [`NICE_INCREMENT`] above the
+//! caller's), the kernel gives the cores to request threads first and to this work whenever
+//! they are idle, which on a daemon is most of the time; it is never starved outright (CFS
+//! gives every runnable thread a share).
+//!
+//! Only threads that hold none of the store's locks run at low priority. A low-priority thread
+//! holding a lock that requests wait for would make them wait at its priority (priority
+//! inversion; a bench serve run showed 100 ms stalls when the text committer ran nice), and a
+//! thread cannot raise its priority back unprivileged. So the text committer and the HNSW
+//! builder, which take the tail's and the catalog's locks, keep the caller's priority; the
+//! committer mostly waits for tantivy's threads, which do the indexing.
 //!
 //! On Linux the nice value is a per-thread attribute, inherited by the threads a thread
 //! starts; elsewhere these functions do nothing.

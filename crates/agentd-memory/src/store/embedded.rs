@@ -58,7 +58,6 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-use super::background;
 use super::catalog::{Catalog, CompiledFilter, Sym};
 use super::phases::Phases;
 use super::text::{Pushdown, TailFill, TextIndex, TextWriter};
@@ -453,10 +452,7 @@ impl EmbeddedStore {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("agentd-hnsw".into())
-                .spawn(move || {
-                    background::lower_priority();
-                    build_graphs(&shared)
-                })
+                .spawn(move || build_graphs(&shared))
                 .map_err(|e| MemoryError::io("starting the vector index builder", e))?
         };
         let text = Arc::new(Text {
@@ -470,10 +466,7 @@ impl EmbeddedStore {
             let text = Arc::clone(&text);
             std::thread::Builder::new()
                 .name("agentd-text".into())
-                .spawn(move || {
-                    background::lower_priority();
-                    commit_text(&text)
-                })
+                .spawn(move || commit_text(&text))
                 .map_err(|e| MemoryError::io("starting the text index committer", e))?
         };
         Ok(EmbeddedStore {
