@@ -54,6 +54,11 @@ pub struct ServeBenchArgs {
     /// The daemon's `commit.store_delay_ms` (default: the daemon's default).
     #[arg(long)]
     pub store_delay_ms: Option<f64>,
+    /// Also write every measured node's overhead and phases (ms), one CSV row per node in
+    /// the order the nodes finished, to this file: shows where in the run the tail happens
+    /// (the first nodes run during the submission burst).
+    #[arg(long, value_name = "FILE")]
+    pub phases_out: Option<std::path::PathBuf>,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -221,6 +226,46 @@ fn runs_by_status(metrics: &str) -> std::collections::HashMap<String, usize> {
         .collect()
 }
 
+/// The harness's runtime. Shut down without waiting when dropped, on every path out of
+/// [`run`] (an async context, where dropping a runtime outright panics).
+struct Harness(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Harness {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0
+            .as_ref()
+            .expect("the harness runtime lives until dropped")
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Writes the nodes' phases as CSV (see [`ServeBenchArgs::phases_out`]).
+fn write_phases(
+    path: &std::path::Path,
+    phases: &[agentd_server::metrics::NodePhases],
+) -> anyhow::Result<()> {
+    use std::fmt::Write as _;
+    let mut csv = String::from("overhead_ms,routing_ms,act_ms,write_back_ms,checkpoint_ms\n");
+    for p in phases {
+        let _ = writeln!(
+            csv,
+            "{:.3},{:.3},{:.3},{:.3},{:.3}",
+            p.overhead, p.routing, p.act, p.write_back, p.checkpoint
+        );
+    }
+    std::fs::write(path, csv)
+        .map_err(|e| anyhow::anyhow!("writing the node phases to {}: {e}", path.display()))
+}
+
 /// What the client saw.
 struct Load {
     submitted: usize,
@@ -331,11 +376,13 @@ pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
     }
     // The harness (the LLM responder and the client) runs on its own thread: the daemon's
     // scheduler sees only the daemon's tasks, as it would with the load coming from elsewhere.
-    let harness = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("bench-harness")
-        .enable_all()
-        .build()?;
+    let harness = Harness(Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("bench-harness")
+            .enable_all()
+            .build()?,
+    ));
     let latency = Duration::from_millis(args.llm_latency_ms);
     let llm = {
         let _in_harness = harness.enter();
@@ -383,7 +430,10 @@ pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
     let _ = daemon.await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     drop(llm);
-    harness.shutdown_background();
+    drop(harness);
+    if let Some(path) = &args.phases_out {
+        write_phases(path, &phases)?;
+    }
     let failed = args.runs.saturating_sub(completed).max(ended_badly);
     Ok(ServeReport {
         submitted,
@@ -410,7 +460,83 @@ pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
 
 #[cfg(test)]
 mod tests {
-    use super::runs_by_status;
+    use super::*;
+
+    fn args(runs: usize) -> ServeBenchArgs {
+        ServeBenchArgs {
+            runs,
+            llm_latency_ms: 5,
+            concurrency: None,
+            max_running: 8,
+            queue_capacity: 2048,
+            timeout_secs: 120,
+            checkpoint_delay_ms: None,
+            store_delay_ms: None,
+            phases_out: None,
+            json: true,
+        }
+    }
+
+    /// The benchmark end to end (the daemon over real HTTP, its store and journal on disk):
+    /// every run completes, every node is measured, and the phases file has a row per node.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_small_load_completes_every_run_and_measures_every_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("phases.csv");
+        let report = run(&ServeBenchArgs {
+            phases_out: Some(out.clone()),
+            ..args(12)
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            (report.submitted, report.completed, report.failed),
+            (12, 12, 0)
+        );
+        assert_eq!(report.nodes_measured, 36);
+        let csv = std::fs::read_to_string(&out).unwrap();
+        let mut lines = csv.lines();
+        assert_eq!(
+            lines.next(),
+            Some("overhead_ms,routing_ms,act_ms,write_back_ms,checkpoint_ms")
+        );
+        let rows: Vec<Vec<f64>> = lines
+            .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+            .collect();
+        assert_eq!(rows.len(), 36);
+        assert!(
+            rows.iter()
+                .all(|r| r.len() == 5 && r.iter().all(|v| *v >= 0.0))
+        );
+    }
+
+    /// Errors after the harness has started are reported, not a panic from dropping its
+    /// runtime in async code.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn errors_after_the_harness_starts_are_reported() {
+        let bad_config = run(&ServeBenchArgs {
+            checkpoint_delay_ms: Some(-1.0),
+            ..args(2)
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            bad_config.to_string().contains("checkpoint_delay_ms"),
+            "{bad_config}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let unwritable = run(&ServeBenchArgs {
+            phases_out: Some(dir.path().join("missing").join("phases.csv")),
+            ..args(2)
+        })
+        .await
+        .unwrap_err();
+        assert!(
+            unwritable.to_string().contains("writing the node phases"),
+            "{unwritable}"
+        );
+    }
 
     #[test]
     fn run_counts_are_read_from_the_runs_gauge() {
