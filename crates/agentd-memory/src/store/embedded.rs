@@ -54,7 +54,7 @@ use std::sync::atomic::Ordering;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Condvar, Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock, RwLockReadGuard};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -230,18 +230,6 @@ struct Shared {
     writing: std::sync::atomic::AtomicUsize,
     /// Sequence number of the newest published item (0: none).
     last_seq: std::sync::atomic::AtomicU64,
-}
-
-/// The ids and superseded flags of catalog slots, for [`EmbeddedStore::read_refs`] once the
-/// catalog's lock is released.
-fn slot_refs(slots: &[u32], state: &State) -> Vec<(ItemId, bool)> {
-    slots
-        .iter()
-        .map(|&slot| {
-            let entry = state.catalog.entry(slot);
-            (entry.id, entry.superseded)
-        })
-        .collect()
 }
 
 /// The memory store on local disk. See the module docs for its layout and write protocol.
@@ -865,14 +853,26 @@ impl EmbeddedStore {
         Ok(Some(item))
     }
 
-    /// Reads the items of catalog `slots` (looked up under the catalog's read lock, which the
-    /// caller releases first: sled reads and decoding then keep no writer waiting). An item
-    /// whose namespace was deleted since the lookup is `None`; one still in the catalog but
-    /// missing from sled is corruption.
-    fn read_refs(&self, refs: &[(ItemId, bool)]) -> Result<Vec<Option<MemoryItem>>> {
-        refs.iter()
+    /// Reads the items of catalog `slots`: looks them up under `state` (the catalog's read
+    /// lock), releases it, then reads and decodes them from sled, so that part keeps no writer
+    /// waiting. An item whose namespace was deleted since the lookup is `None`; one still in
+    /// the catalog but missing from sled is corruption.
+    fn read_slots(
+        &self,
+        state: RwLockReadGuard<'_, State>,
+        slots: &[u32],
+    ) -> Result<Vec<Option<MemoryItem>>> {
+        let refs: Vec<(ItemId, bool)> = slots
+            .iter()
+            .map(|&slot| {
+                let entry = state.catalog.entry(slot);
+                (entry.id, entry.superseded)
+            })
+            .collect();
+        drop(state);
+        refs.into_iter()
             .map(
-                |&(id, superseded)| match read_item(&self.path, &self.db, &id)? {
+                |(id, superseded)| match read_item(&self.path, &self.db, &id)? {
                     Some(mut item) => {
                         item.superseded = superseded;
                         Ok(Some(item))
@@ -1101,9 +1101,11 @@ impl MemoryStore for EmbeddedStore {
             }
         }
         slots.truncate(page.limit);
-        let refs = slot_refs(&slots, &state);
-        drop(state);
-        Ok(self.read_refs(&refs)?.into_iter().flatten().collect())
+        Ok(self
+            .read_slots(state, &slots)?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     fn count(&self, filter: &Filter) -> Result<usize> {
@@ -1121,9 +1123,12 @@ impl MemoryStore for EmbeddedStore {
 
     fn history(&self, namespace: &str, key: &str) -> Result<Vec<MemoryItem>> {
         let state = self.shared.state.read();
-        let refs = slot_refs(&state.catalog.history(namespace, key), &state);
-        drop(state);
-        Ok(self.read_refs(&refs)?.into_iter().flatten().collect())
+        let slots = state.catalog.history(namespace, key);
+        Ok(self
+            .read_slots(state, &slots)?
+            .into_iter()
+            .flatten()
+            .collect())
     }
 
     fn search(&self, query: &SearchQuery<'_>, filter: &Filter, k: usize) -> Result<Vec<SearchHit>> {
@@ -1168,9 +1173,7 @@ impl MemoryStore for EmbeddedStore {
             }
         };
         let slots: Vec<u32> = ranked.iter().map(|r| r.0).collect();
-        let refs = slot_refs(&slots, &state);
-        drop(state);
-        let items = self.read_refs(&refs)?;
+        let items = self.read_slots(state, &slots)?;
         Ok(items
             .into_iter()
             .zip(ranked)
