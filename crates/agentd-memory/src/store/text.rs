@@ -621,7 +621,16 @@ impl TextIndex {
         } else {
             Box::new(BooleanQuery::new(clauses))
         };
-        let collector = FilteredTopK { k, accept: &accept };
+        let gate: Vec<Term> = pushdown
+            .namespaces
+            .iter()
+            .map(|n| Term::from_field_text(self.fields.namespace, n))
+            .collect();
+        let collector = FilteredTopK {
+            k,
+            accept: &accept,
+            gate: &gate,
+        };
         let mut hits = if published.searcher.segment_readers().is_empty() {
             Vec::new()
         } else {
@@ -739,6 +748,11 @@ impl Drop for TextWriter {
 struct FilteredTopK<'a, F> {
     k: usize,
     accept: &'a F,
+    /// The namespace terms of a namespace-restricted search (empty: unrestricted). A segment
+    /// holding none of them is skipped before any scorer is built: a run's items sit in one or
+    /// two segments, and building a scorer per query term in every other segment used to cost
+    /// as much as the scoring itself.
+    gate: &'a [Term],
 }
 
 /// Heap entry ordered so the *worst* hit is on top (score ascending, then seq descending).
@@ -794,6 +808,19 @@ impl<F: Fn(u64) -> bool + Sync> Collector for FilteredTopK<'_, F> {
         _ord: u32,
         reader: &SegmentReader,
     ) -> tantivy::Result<Vec<(u64, f32)>> {
+        if let Some(first) = self.gate.first() {
+            let index = reader.inverted_index(first.field())?;
+            let mut present = false;
+            for term in self.gate {
+                if index.get_term_info(term)?.is_some() {
+                    present = true;
+                    break;
+                }
+            }
+            if !present {
+                return Ok(Vec::new());
+            }
+        }
         let seqs: Column<u64> = reader.fast_fields().u64("seq")?;
         let alive = reader.alive_bitset();
         let mut heap: BinaryHeap<Worst> = BinaryHeap::with_capacity(self.k + 1);
