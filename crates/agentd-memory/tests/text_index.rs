@@ -304,3 +304,66 @@ fn searches_racing_with_writes_and_commits_see_every_acknowledged_item_once() {
         assert!(r.join().unwrap() > 0);
     }
 }
+
+/// Items of `namespace` (one `put_batch`: 64 items or more commit a segment of their own), each
+/// holding `{word}{i}` and the shared word `common`.
+fn put_namespace(store: &dyn MemoryStore, namespace: &str, word: &str, n: usize) -> Vec<ItemId> {
+    store
+        .put_batch(
+            (0..n)
+                .map(|i| NewItem::new(namespace, Kind::Document, format!("{word}{i} common")))
+                .collect(),
+        )
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id)
+        .collect()
+}
+
+/// BM25 ids for `query` among `namespaces`, sorted.
+fn bm25_in(store: &dyn MemoryStore, query: &str, namespaces: &[&str]) -> Vec<ItemId> {
+    let filter = Filter {
+        namespaces: namespaces.iter().map(|n| (*n).to_owned()).collect(),
+        ..Filter::default()
+    };
+    let mut ids: Vec<ItemId> = store
+        .search(&SearchQuery::new(query, SearchMode::Bm25), &filter, 10_000)
+        .unwrap()
+        .into_iter()
+        .map(|h| h.item.id)
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn a_search_of_small_namespaces_finds_them_in_every_segment_and_the_tail() {
+    // Small namespaces (the search is restricted in tantivy, and segments without them are
+    // skipped) spread over segments between large ones, and the tail.
+    let dir = tempfile::tempdir().unwrap();
+    let store = common::open(dir.path());
+    put_namespace(&store, "bulk", "bulk", 600);
+    let mut small = put_namespace(&store, "small", "small", 100);
+    put_namespace(&store, "bulk", "bulkmore", 600);
+    let tiny = put_namespace(&store, "tiny", "tiny", 70);
+    put_namespace(&store, "bulk", "bulklast", 600);
+    for i in 0..5 {
+        let item = NewItem::new("small", Kind::Document, format!("smalltail{i} common"));
+        small.push(store.put(item).unwrap().id);
+    }
+    let check = |store: &dyn MemoryStore| {
+        let mut expected = small.clone();
+        expected.sort();
+        assert_eq!(bm25_in(store, "common", &["small"]), expected);
+        assert_eq!(bm25_in(store, "small7 smalltail3", &["small"]).len(), 2);
+        assert!(bm25_in(store, "bulk7 tiny7", &["small"]).is_empty());
+        let mut both: Vec<ItemId> = small.iter().chain(&tiny).copied().collect();
+        both.sort();
+        assert_eq!(bm25_in(store, "common", &["small", "tiny"]), both);
+        assert!(bm25_in(store, "common", &["nowhere"]).is_empty());
+    };
+    check(&store);
+    // Closing commits the tail.
+    drop(store);
+    check(&common::open(dir.path()));
+}

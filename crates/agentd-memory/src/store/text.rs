@@ -583,6 +583,44 @@ impl TextIndex {
             pushdown,
             &accept,
         )?);
+        let gate: Vec<Term> = pushdown
+            .namespaces
+            .iter()
+            .map(|n| Term::from_field_text(self.fields.namespace, n))
+            .collect();
+        // Most searches of a run's own namespace find it in no committed segment (its items are
+        // still in the tail): then no query, weight or scorer is built at all.
+        let segments = published.searcher.segment_readers();
+        let mut searched = false;
+        for reader in segments {
+            if holds_any(reader, &gate)? {
+                searched = true;
+                break;
+            }
+        }
+        let mut hits = Vec::new();
+        if searched {
+            let query = self.committed_query(terms, pushdown);
+            let collector = FilteredTopK {
+                k,
+                accept: &accept,
+                gate: &gate,
+            };
+            hits = published
+                .searcher
+                .search_with_statistics_provider(&*query, &collector, &stats)?;
+        }
+        if !tail_hits.is_empty() {
+            hits.extend(tail_hits);
+            hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        }
+        hits.truncate(k);
+        Ok(hits)
+    }
+
+    /// The query over committed segments: any of `terms` (scored), restricted to the pushed-down
+    /// namespaces and kinds (not scored).
+    fn committed_query(&self, terms: Vec<Term>, pushdown: &Pushdown<'_>) -> Box<dyn Query> {
         let text_query: Box<dyn Query> = Box::new(BooleanQuery::new(
             terms
                 .into_iter()
@@ -616,34 +654,11 @@ impl TextIndex {
                 Box::new(ConstScoreQuery::new(Box::new(BooleanQuery::new(any)), 0.0)),
             ));
         }
-        let query: Box<dyn Query> = if clauses.len() == 1 {
+        if clauses.len() == 1 {
             clauses.pop().expect("one clause").1
         } else {
             Box::new(BooleanQuery::new(clauses))
-        };
-        let gate: Vec<Term> = pushdown
-            .namespaces
-            .iter()
-            .map(|n| Term::from_field_text(self.fields.namespace, n))
-            .collect();
-        let collector = FilteredTopK {
-            k,
-            accept: &accept,
-            gate: &gate,
-        };
-        let mut hits = if published.searcher.segment_readers().is_empty() {
-            Vec::new()
-        } else {
-            published
-                .searcher
-                .search_with_statistics_provider(&*query, &collector, &stats)?
-        };
-        if !tail_hits.is_empty() {
-            hits.extend(tail_hits);
-            hits.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         }
-        hits.truncate(k);
-        Ok(hits)
     }
 
     /// Every accepted tail document matching at least one term, scored as tantivy scores the
@@ -704,6 +719,21 @@ impl TextIndex {
             })
             .collect())
     }
+}
+
+/// Whether the segment holds a document with one of the `gate` terms (all of one field), or
+/// `gate` is empty (no restriction). Counts deleted documents too, which only costs a search.
+fn holds_any(reader: &SegmentReader, gate: &[Term]) -> tantivy::Result<bool> {
+    let Some(first) = gate.first() else {
+        return Ok(true);
+    };
+    let index = reader.inverted_index(first.field())?;
+    for term in gate {
+        if index.get_term_info(term)?.is_some() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// Deletes everything in the index directory.
@@ -808,18 +838,8 @@ impl<F: Fn(u64) -> bool + Sync> Collector for FilteredTopK<'_, F> {
         _ord: u32,
         reader: &SegmentReader,
     ) -> tantivy::Result<Vec<(u64, f32)>> {
-        if let Some(first) = self.gate.first() {
-            let index = reader.inverted_index(first.field())?;
-            let mut present = false;
-            for term in self.gate {
-                if index.get_term_info(term)?.is_some() {
-                    present = true;
-                    break;
-                }
-            }
-            if !present {
-                return Ok(Vec::new());
-            }
+        if !holds_any(reader, self.gate)? {
+            return Ok(Vec::new());
         }
         let seqs: Column<u64> = reader.fast_fields().u64("seq")?;
         let alive = reader.alive_bitset();
