@@ -1,4 +1,5 @@
-//! Crash safety: a child process ingests batches and reports each acknowledged batch on stdout;
+//! Crash safety: a child process ingests batches (and, on another thread, single items, which
+//! take another write path) and reports each acknowledged write on stdout;
 //! the parent kills it with SIGKILL mid-stream, reopens the store, and checks that every
 //! acknowledged item is present exactly once and found by search.
 //!
@@ -20,7 +21,8 @@ const BATCH: usize = 50;
 const WRITERS: u64 = 3;
 
 /// The child: ingest forever on several threads (so writes share fsyncs through the store's
-/// group commit), printing the ids of each batch once `put_batch` returned.
+/// group commit), printing the ids of each batch once `put_batch` returned; one more thread
+/// puts single items in the namespace `single`.
 #[test]
 fn crash_child() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
@@ -28,6 +30,18 @@ fn crash_child() {
     };
     let store = common::open(std::path::Path::new(&dir));
     std::thread::scope(|scope| {
+        let singles = &store;
+        scope.spawn(move || {
+            for n in 1u64.. {
+                let item = NewItem::new(
+                    "single",
+                    Kind::Document,
+                    format!("singleword{n} {}", common::synthetic_text(n)),
+                );
+                let stored = singles.put(item).expect("put");
+                println!("ACK {}=singleword{n}", stored.id);
+            }
+        });
         for thread in 0..WRITERS {
             let store = &store;
             scope.spawn(move || {
@@ -111,20 +125,35 @@ fn sigkill_mid_batch_loses_no_acknowledged_item_and_duplicates_none() {
         while read_ack(&mut reader, &mut acked).is_some() {}
 
         let store = common::open(dir.path());
-        let listed = store
-            .list(&Filter::namespace("ingest"), &Page::first(usize::MAX))
-            .unwrap();
-        let ids: Vec<ItemId> = listed.iter().map(|i| i.id).collect();
+        let list = |namespace: &str| -> Vec<ItemId> {
+            store
+                .list(&Filter::namespace(namespace), &Page::first(usize::MAX))
+                .unwrap()
+                .iter()
+                .map(|i| i.id)
+                .collect()
+        };
+        let batched = list("ingest");
+        // Batches are atomic: the store holds whole batches only.
+        assert_eq!(batched.len() % BATCH, 0, "a partial batch survived");
+        let ids: Vec<ItemId> = batched.into_iter().chain(list("single")).collect();
         let unique: HashSet<ItemId> = ids.iter().copied().collect();
         assert_eq!(unique.len(), ids.len(), "an item is listed twice");
-        // Batches are atomic: the store holds whole batches only.
-        assert_eq!(ids.len() % BATCH, 0, "a partial batch survived");
+        assert!(
+            acked.iter().any(|(_, word)| word.starts_with("single")),
+            "the single writer acknowledged nothing"
+        );
         for (id, word) in &acked {
             assert!(unique.contains(id), "acknowledged item {id} was lost");
+            let namespace = if word.starts_with("single") {
+                "single"
+            } else {
+                "ingest"
+            };
             let hits = store
                 .search(
                     &SearchQuery::new(word, SearchMode::Bm25),
-                    &Filter::namespace("ingest"),
+                    &Filter::namespace(namespace),
                     5,
                 )
                 .unwrap();

@@ -13,8 +13,9 @@
 //!
 //! A small write (the agents' write-back) counts tokens, embeds and analyses its text first,
 //! outside any lock. Then, under the writer lock: assign sequence numbers and versions (the
-//! numbers are spent from here on, whatever happens); write sled (one atomic batch, no fsync);
-//! append the documents to the text index's in-memory tail, which BM25 searches score exactly
+//! numbers are spent from here on, whatever happens); write sled, no fsync (one atomic batch;
+//! a single item goes in as plain inserts, which wait for no flush in progress and keep no
+//! reader waiting, see `write_sled`); append the documents to the text index's in-memory tail, which BM25 searches score exactly
 //! like committed documents; publish to the in-memory catalog and vectors. After the lock, under
 //! [`Durability::Fsync`], the write waits for a sled flush that started after it was applied:
 //! one writer flushes for all the writes queued behind the flush in progress (group commit), and
@@ -653,6 +654,28 @@ impl EmbeddedStore {
         flush: bool,
     ) -> std::result::Result<(), sled::Error> {
         let mut phases = Phases::start();
+        if let [item] = stored
+            && !flush
+        {
+            // One item needs no atomic batch: sled's batches take its global write lock
+            // (waiting for any flush in progress, and holding up every read meanwhile) and
+            // roll its log buffer twice, which costs two disk writes. Plain inserts instead, in
+            // an order whose every prefix is a valid store (a crash keeps a prefix of sled's
+            // log), with the item last, so that an insert that fails leaves it unwritten: the
+            // embedding (a blob without its item is ignored on open), the next sequence number
+            // (numbers are spent once assigned anyway), the item.
+            if !self.embedder.recomputable() {
+                self.db.insert(
+                    &blob_key(first_seq)[..],
+                    encode_blob(stored, vectors, self.embedder.dimension()),
+                )?;
+            }
+            self.db
+                .insert(meta_key("next_seq"), &(first_seq + 1).to_be_bytes()[..])?;
+            self.db.insert(&item_key(&item.id)[..], encode_item(item))?;
+            phases.lap("sled_apply");
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         for item in stored {
             batch.insert(&item_key(&item.id)[..], encode_item(item));
@@ -1850,8 +1873,9 @@ mod tests {
         Arc::new(HashingEmbedder::new(64).unwrap())
     }
 
-    /// A small and a large batch (the two write paths) of documents in `namespace`.
-    fn write_both_ways(store: &EmbeddedStore, namespace: &str) {
+    /// A single item, a small and a large batch (the three write paths) of documents in
+    /// `namespace`.
+    fn write_three_ways(store: &EmbeddedStore, namespace: &str) {
         let doc = |i: usize| {
             NewItem::new(
                 namespace,
@@ -1863,9 +1887,10 @@ mod tests {
                 ),
             )
         };
-        store.put_batch((0..3).map(doc).collect()).unwrap();
+        store.put(doc(0)).unwrap();
+        store.put_batch((1..4).map(doc).collect()).unwrap();
         store
-            .put_batch((3..3 + PARALLEL_COMMIT_MIN + 10).map(doc).collect())
+            .put_batch((4..4 + PARALLEL_COMMIT_MIN + 10).map(doc).collect())
             .unwrap();
     }
 
@@ -2011,7 +2036,7 @@ mod tests {
     fn recomputable_embeddings_are_not_stored_and_come_back_on_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_with(dir.path(), hashing()).unwrap();
-        write_both_ways(&store, "ns");
+        write_three_ways(&store, "ns");
         let before = vector_hits(&store, "ns");
         assert_eq!(before.len(), 30);
         assert_eq!(blobs(&store), 0, "no embedding stored");
@@ -2030,9 +2055,9 @@ mod tests {
         let stored =
             || -> Arc<dyn Embedder> { Arc::new(Stored(HashingEmbedder::new(64).unwrap())) };
         let store = open_with(dir.path(), stored()).unwrap();
-        write_both_ways(&store, "old");
-        write_both_ways(&store, "older");
-        assert_eq!(blobs(&store), 4);
+        write_three_ways(&store, "old");
+        write_three_ways(&store, "older");
+        assert_eq!(blobs(&store), 6);
         let old = vector_hits(&store, "old");
         drop(store);
         // A version 1 store, as earlier builds wrote them.
@@ -2044,26 +2069,26 @@ mod tests {
         // Opened with the recomputable embedder: old items keep their stored vectors, new
         // ones are recomputed; the marker moves to version 2.
         let store = open_with(dir.path(), hashing()).unwrap();
-        write_both_ways(&store, "new");
+        write_three_ways(&store, "new");
         let new = vector_hits(&store, "new");
         drop(store);
         let marker: Marker =
             serde_json::from_slice(&std::fs::read(dir.path().join(MARKER)).unwrap()).unwrap();
         assert_eq!(marker.schema_version, SCHEMA_VERSION);
         let store = open_with(dir.path(), hashing()).unwrap();
-        assert_eq!(blobs(&store), 4);
+        assert_eq!(blobs(&store), 6);
         assert_eq!(vector_hits(&store, "old"), old);
         assert_eq!(vector_hits(&store, "new"), new);
         // Deleting a namespace removes its stored embeddings, not the others'.
         store.delete_namespace("new").unwrap();
-        assert_eq!(blobs(&store), 4);
+        assert_eq!(blobs(&store), 6);
         store.delete_namespace("old").unwrap();
-        assert_eq!(blobs(&store), 2);
+        assert_eq!(blobs(&store), 3);
         drop(store);
         let store = open_with(dir.path(), hashing()).unwrap();
         assert_eq!(
             store.count(&Filter::namespace("older")).unwrap(),
-            3 + PARALLEL_COMMIT_MIN + 10
+            4 + PARALLEL_COMMIT_MIN + 10
         );
         assert_eq!(store.count(&Filter::namespace("new")).unwrap(), 0);
     }
@@ -2072,7 +2097,7 @@ mod tests {
     fn an_item_without_an_embedding_is_an_error_when_it_cannot_be_recomputed() {
         let dir = tempfile::tempdir().unwrap();
         let store = open_with(dir.path(), hashing()).unwrap();
-        write_both_ways(&store, "ns");
+        write_three_ways(&store, "ns");
         drop(store);
         let err = open_with(
             dir.path(),
