@@ -82,7 +82,7 @@ pub struct ServeArgs {
     #[arg(long, env = "AGENTD_DRAIN_SECS")]
     pub drain_secs: Option<f64>,
     /// Longest wait (ms) of a checkpoint for others to share its fsync, under load; 0 never
-    /// waits [file: commit.checkpoint_delay_ms; default 2].
+    /// waits [file: commit.checkpoint_delay_ms; default 0.5].
     #[arg(long, env = "AGENTD_CHECKPOINT_DELAY_MS")]
     pub checkpoint_delay_ms: Option<f64>,
     /// Other active runs from which checkpoints wait for company [file:
