@@ -95,6 +95,12 @@ pub struct ServeReport {
     pub overhead_per_node_max_ms: f64,
     /// Nodes measured.
     pub nodes_measured: usize,
+    /// Overhead of the first nodes to finish, as many as run slots, median (ms): they run
+    /// while the daemon takes the submission burst, and at 1% of the nodes they can be the
+    /// whole p99.
+    pub first_wave_overhead_p50_ms: f64,
+    /// Overhead of the nodes that finish after the first wave, 99th percentile (ms).
+    pub after_first_wave_overhead_p99_ms: f64,
     /// p99 of each phase of the overhead (ms): routing, act (prompt, events and client
     /// queueing beyond the LLM latency), write-back (parsing, store write with its fsync),
     /// checkpoint (journal group commit).
@@ -120,6 +126,16 @@ pub struct PhaseFigures {
     pub write_back: f64,
     /// Items written to the synced checkpoint.
     pub checkpoint: f64,
+}
+
+/// (Median overhead of the first `slots` nodes to finish, p99 of the others), from the nodes'
+/// phases in finishing order.
+fn wave_figures(phases: &[agentd_server::metrics::NodePhases], slots: usize) -> (f64, f64) {
+    let split = slots.min(phases.len());
+    let (first, after) = phases.split_at(split);
+    let mut first: Vec<f64> = first.iter().map(|p| p.overhead).collect();
+    let mut after: Vec<f64> = after.iter().map(|p| p.overhead).collect();
+    (percentile(&mut first, 50.0), percentile(&mut after, 99.0))
 }
 
 fn phase_figures(phases: &[agentd_server::metrics::NodePhases], p: f64) -> PhaseFigures {
@@ -435,6 +451,7 @@ pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
         write_phases(path, &phases)?;
     }
     let failed = args.runs.saturating_sub(completed).max(ended_badly);
+    let (first_wave, after_first_wave) = wave_figures(&phases, args.max_running);
     Ok(ServeReport {
         submitted,
         completed,
@@ -450,6 +467,8 @@ pub async fn run(args: &ServeBenchArgs) -> anyhow::Result<ServeReport> {
         overhead_per_node_p99_ms: percentile(&mut overheads, 99.0),
         overhead_per_node_max_ms: percentile(&mut overheads, 100.0),
         nodes_measured: overheads.len(),
+        first_wave_overhead_p50_ms: first_wave,
+        after_first_wave_overhead_p99_ms: after_first_wave,
         phase_p99_ms: phase_figures(&phases, 99.0),
         phase_p50_ms: phase_figures(&phases, 50.0),
         submit_p50_ms: percentile(&mut submit_ms, 50.0),
@@ -508,6 +527,33 @@ mod tests {
             rows.iter()
                 .all(|r| r.len() == 5 && r.iter().all(|v| *v >= 0.0))
         );
+        // The first wave is the first `max_running` (8) rows, in finishing order.
+        let mut first: Vec<f64> = rows[..8].iter().map(|r| r[0]).collect();
+        let mut after: Vec<f64> = rows[8..].iter().map(|r| r[0]).collect();
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-3;
+        assert!(close(
+            report.first_wave_overhead_p50_ms,
+            percentile(&mut first, 50.0)
+        ));
+        assert!(close(
+            report.after_first_wave_overhead_p99_ms,
+            percentile(&mut after, 99.0)
+        ));
+    }
+
+    #[test]
+    fn the_first_wave_is_as_many_nodes_as_slots_in_finishing_order() {
+        let node = |overhead: f64| agentd_server::metrics::NodePhases {
+            overhead,
+            routing: 0.0,
+            act: 0.0,
+            write_back: 0.0,
+            checkpoint: 0.0,
+        };
+        let phases: Vec<_> = [9.0, 7.0, 8.0, 1.0, 2.0, 3.0].map(node).to_vec();
+        assert_eq!(wave_figures(&phases, 3), (8.0, 3.0));
+        // More slots than nodes: all of them are the first wave.
+        assert_eq!(wave_figures(&phases, 10), (3.0, 0.0));
     }
 
     /// Errors after the harness has started are reported, not a panic from dropping its
