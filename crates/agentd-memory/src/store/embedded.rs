@@ -1889,6 +1889,11 @@ mod tests {
         Arc::new(HashingEmbedder::new(64).unwrap())
     }
 
+    /// An embedder whose vectors (of `dimension`) are stored, not recomputed.
+    fn stored(dimension: usize) -> Arc<dyn Embedder> {
+        Arc::new(Stored(HashingEmbedder::new(dimension).unwrap()))
+    }
+
     /// A single item, a small and a large batch (the three write paths) of documents in
     /// `namespace`.
     fn write_three_ways(store: &EmbeddedStore, namespace: &str) {
@@ -2068,9 +2073,7 @@ mod tests {
     #[test]
     fn stores_with_stored_embeddings_open_and_take_new_writes_without_them() {
         let dir = tempfile::tempdir().unwrap();
-        let stored =
-            || -> Arc<dyn Embedder> { Arc::new(Stored(HashingEmbedder::new(64).unwrap())) };
-        let store = open_with(dir.path(), stored()).unwrap();
+        let store = open_with(dir.path(), stored(64)).unwrap();
         write_three_ways(&store, "old");
         write_three_ways(&store, "older");
         assert_eq!(blobs(&store), 6);
@@ -2114,9 +2117,7 @@ mod tests {
     #[test]
     fn large_stored_embeddings_go_to_blob_files_and_come_back_on_open() {
         let dir = tempfile::tempdir().unwrap();
-        let wide =
-            || -> Arc<dyn Embedder> { Arc::new(Stored(HashingEmbedder::new(1024).unwrap())) };
-        let store = open_with(dir.path(), wide()).unwrap();
+        let store = open_with(dir.path(), stored(1024)).unwrap();
         write_three_ways(&store, "ns");
         let before = vector_hits(&store, "ns");
         drop(store);
@@ -2127,7 +2128,7 @@ mod tests {
             blob_files > 0,
             "the large batch's embeddings went to a blob file"
         );
-        let store = open_with(dir.path(), wide()).unwrap();
+        let store = open_with(dir.path(), stored(1024)).unwrap();
         assert_eq!(vector_hits(&store, "ns"), before);
     }
 
@@ -2137,12 +2138,7 @@ mod tests {
         let store = open_with(dir.path(), hashing()).unwrap();
         write_three_ways(&store, "ns");
         drop(store);
-        let err = open_with(
-            dir.path(),
-            Arc::new(Stored(HashingEmbedder::new(64).unwrap())),
-        )
-        .err()
-        .expect("an error");
+        let err = open_with(dir.path(), stored(64)).err().expect("an error");
         assert!(
             matches!(&err, MemoryError::Corrupt { reason, .. } if reason.contains("has no embedding")),
             "{err}"
