@@ -16,8 +16,8 @@
 //! numbers are spent from here on, whatever happens); write sled, no fsync (one atomic batch;
 //! a single item goes in as plain inserts, which wait for no flush in progress and keep no
 //! reader waiting, see `write_sled`); append the documents to the text index's in-memory
-//! tail, which BM25 searches score exactly like committed documents; publish to the in-memory catalog and vectors. After the lock, under
-//! [`Durability::Fsync`], the write waits for a sled flush that started after it was applied:
+//! tail, which BM25 searches score exactly like committed documents; publish to the in-memory
+//! catalog and vectors. After the lock, under [`Durability::Fsync`], the write waits for a sled flush that started after it was applied:
 //! one writer flushes for all the writes queued behind the flush in progress (group commit), and
 //! the write is acknowledged. Before it flushes, that writer waits (at most
 //! [`StoreOptions::commit_delay`]) for the small writes already under way to be applied, so
