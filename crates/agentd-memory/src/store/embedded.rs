@@ -12,21 +12,21 @@
 //! `d<namespace>` a namespace deletion not yet applied to the text index.
 //!
 //! A small write (the agents' write-back) counts tokens, embeds and analyses its text first,
-//! outside any lock. Then, under the writer lock: assign sequence numbers and versions (the
-//! numbers are spent from here on, whatever happens); write sled, no fsync (one atomic batch;
-//! a single item goes in as plain inserts, which wait for no flush in progress and keep no
-//! reader waiting, see `write_sled`); append the documents to the text index's in-memory
-//! tail, which BM25 searches score exactly like committed documents; publish to the in-memory
-//! catalog and vectors. After the lock, under [`Durability::Fsync`], the write waits for a sled flush that started after it was applied:
-//! one writer flushes for all the writes queued behind the flush in progress (group commit), and
-//! the write is acknowledged. Before it flushes, that writer waits (at most
+//! outside any lock. Then, under the writer lock: assign sequence numbers and versions (the numbers
+//! are spent from here on, whatever happens); write sled, no fsync (one atomic batch; a single item
+//! goes in as plain inserts, which wait for no flush in progress and keep no reader waiting, see
+//! `write_sled`); append the documents to the text index's in-memory tail, which BM25 searches
+//! score exactly like committed documents; publish to the in-memory catalog and vectors. After the
+//! lock, under [`Durability::Fsync`], the write waits for a sled flush that started after it was
+//! applied: one writer flushes for all the writes queued behind the flush in progress (group
+//! commit), and the write is acknowledged. Before it flushes, that writer waits (at most
 //! [`StoreOptions::commit_delay`]) for the small writes already under way to be applied, so
-//! concurrent writers on busy cores share an fsync instead of queueing for one each. A write is thus visible to searches a little before it is durable,
-//! never acknowledged before; sled recovers a prefix of its log, so a crash keeps a prefix of
-//! the writes. A write whose flush fails reports the error but stays visible, and a later flush
-//! may still make it durable: as with any failed fsync, its outcome is unknown.
-//! When the tail is full, a committer thread commits it to tantivy off the write path (see
-//! `text.rs`).
+//! concurrent writers on busy cores share an fsync instead of queueing for one each. A write is
+//! thus visible to searches a little before it is durable, never acknowledged before; sled recovers
+//! a prefix of its log, so a crash keeps a prefix of the writes. A write whose flush fails reports
+//! the error but stays visible, and a later flush may still make it durable: as with any failed
+//! fsync, its outcome is unknown. When the tail is full, a committer thread commits it to tantivy
+//! off the write path (see `text.rs`).
 //!
 //! A search or listing ranks and filters under the catalog's read lock (a write publishing its
 //! batch waits for it), then releases the lock before it reads and decodes the items from sled,
