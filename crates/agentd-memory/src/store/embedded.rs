@@ -244,7 +244,12 @@ pub struct EmbeddedStore {
     /// Sequence number of the newest item applied to sled (maybe not yet durable).
     applied_seq: std::sync::atomic::AtomicU64,
     sync: Mutex<SyncState>,
+    /// Writers waiting for a flush (by another writer) to cover their items.
     sync_cv: Condvar,
+    /// The flushing writer waiting for `unapplied` to reach zero. Apart from `sync_cv`, so an
+    /// applied write wakes only the flusher, not every writer waiting for the flush (each of
+    /// which would take the lock in turn to go back to sleep: a convoy under load).
+    gather_cv: Condvar,
     /// Small writes under way that have not applied their batch yet (a flush waits for them).
     unapplied: std::sync::atomic::AtomicUsize,
     /// A flushing writer waits for `unapplied` to reach zero (appliers wake it).
@@ -475,6 +480,7 @@ impl EmbeddedStore {
                 flushing: false,
             }),
             sync_cv: Condvar::new(),
+            gather_cv: Condvar::new(),
             unapplied: std::sync::atomic::AtomicUsize::new(0),
             gathering: std::sync::atomic::AtomicBool::new(false),
             commit_delay: options.commit_delay,
@@ -591,7 +597,7 @@ impl EmbeddedStore {
             let deadline = std::time::Instant::now() + self.commit_delay;
             self.gathering.store(true, Ordering::SeqCst);
             while self.unapplied.load(Ordering::SeqCst) > 0 {
-                if self.sync_cv.wait_until(&mut sync, deadline).timed_out() {
+                if self.gather_cv.wait_until(&mut sync, deadline).timed_out() {
                     break;
                 }
             }
@@ -1820,7 +1826,7 @@ impl Drop for Unapplied<'_> {
             // Under the lock: the flushing writer is either before its check of `unapplied`
             // (and sees the decrement) or waiting (and gets the notification).
             let _sync = store.sync.lock();
-            store.sync_cv.notify_all();
+            store.gather_cv.notify_one();
         }
     }
 }
