@@ -42,7 +42,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, MutexGuard};
@@ -68,6 +68,11 @@ pub const DEFAULT_COMMIT_DELAY: Duration = Duration::from_millis(2);
 /// `agentd bench runtime` on 2 cores: waiting cost 10 active runs 9-40% of their durable
 /// throughput, and gained 30 and 100 runs up to 20%.
 pub const DEFAULT_COMMIT_SIBLINGS: usize = 16;
+/// How long after its commit delay callers still wait for a gathering leader's sync. tokio's
+/// timers tick in milliseconds, so the leader's sleep ends up to about a millisecond late;
+/// past the slack its task is waiting for its executor (busy with other tasks, such as a burst
+/// of requests), and a caller syncs without it instead of waiting as long.
+const GATHER_SLACK: Duration = Duration::from_millis(2);
 
 /// How run state is persisted.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -159,8 +164,9 @@ pub struct Journal {
     commit_delay_ns: AtomicU64,
     /// Other active runs from which a leader waits for company.
     commit_siblings: AtomicUsize,
-    /// A leader is waiting out the commit delay: callers wait for its sync.
-    gathering: AtomicBool,
+    /// While a leader waits out the commit delay: when the callers waiting for its sync stop
+    /// trusting it (ns since `epoch`, see [`GATHER_SLACK`]); 0: no leader is gathering.
+    gathering_until_ns: AtomicU64,
     /// When the last synced append arrived (ns since `epoch`), and a moving average of the
     /// intervals between them.
     last_arrival_ns: AtomicU64,
@@ -230,7 +236,7 @@ impl Journal {
                 sync_ns: AtomicU64::new(0),
                 commit_delay_ns: AtomicU64::new(DEFAULT_COMMIT_DELAY.as_nanos() as u64),
                 commit_siblings: AtomicUsize::new(DEFAULT_COMMIT_SIBLINGS),
-                gathering: AtomicBool::new(false),
+                gathering_until_ns: AtomicU64::new(0),
                 last_arrival_ns: AtomicU64::new(0),
                 arrival_interval_ns: AtomicU64::new(u64::MAX),
                 epoch: std::time::Instant::now(),
@@ -287,27 +293,37 @@ impl Journal {
             if self.durable.load(Ordering::Acquire) >= upto {
                 return Ok(offset);
             }
-            if self.gathering.load(Ordering::Acquire) {
-                // A leader is waiting for company; its sync covers this record, or wakes us
-                // to lead the next one.
-                notified.await;
-                continue;
+            let until = self.gathering_until_ns.load(Ordering::Acquire);
+            if until != 0 {
+                let now = self.now_ns();
+                if now < until {
+                    // A leader is waiting for company; its sync covers this record, or wakes
+                    // us to lead the next one.
+                    let _ =
+                        tokio::time::timeout(Duration::from_nanos(until - now), notified.as_mut())
+                            .await;
+                    continue;
+                }
+                // The leader is overdue: its task has not run since its delay ended (its
+                // executor is busy with other tasks). Sync without it; it finds its record
+                // covered when it runs.
             }
-            if company
-                && can_block_in_place()
-                && self
-                    .gathering
-                    .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            if company && can_block_in_place() {
+                let delay = self.commit_delay_ns.load(Ordering::Relaxed);
+                let until = self.now_ns() + delay + GATHER_SLACK.as_nanos() as u64;
+                if self
+                    .gathering_until_ns
+                    .compare_exchange(0, until, Ordering::AcqRel, Ordering::Acquire)
                     .is_ok()
-            {
-                let _gathering = StopGathering(self);
-                let delay = Duration::from_nanos(self.commit_delay_ns.load(Ordering::Relaxed));
-                tokio::time::sleep(delay).await;
-                tokio::task::block_in_place(|| {
-                    let writer = self.writer.lock();
-                    self.lead(writer, upto, sync)
-                })?;
-                return Ok(offset);
+                {
+                    let _gathering = StopGathering(self, until);
+                    tokio::time::sleep(Duration::from_nanos(delay)).await;
+                    tokio::task::block_in_place(|| {
+                        let writer = self.writer.lock();
+                        self.lead(writer, upto, sync)
+                    })?;
+                    return Ok(offset);
+                }
             }
             if let Some(writer) = self.writer.try_lock() {
                 // With other appends in flight (or the caller's word for it), runs are busy:
@@ -342,13 +358,19 @@ impl Journal {
         self.commit_siblings.store(siblings, Ordering::Relaxed);
     }
 
+    /// Nanoseconds since the journal opened, at least 1 (a gathering deadline of 0 means
+    /// none).
+    fn now_ns(&self) -> u64 {
+        (self.epoch.elapsed().as_nanos() as u64).max(1)
+    }
+
     /// Records a synced append's arrival; true when at least two others are expected within
     /// the commit delay (a moving average of the last intervals is under half of it), which
     /// only happens when runs keep the cores busy: waiting for fewer would add latency for
     /// little gain.
     fn expect_company(&self) -> bool {
         let delay = self.commit_delay_ns.load(Ordering::Relaxed);
-        let now = self.epoch.elapsed().as_nanos() as u64;
+        let now = self.now_ns();
         let last = self.last_arrival_ns.swap(now, Ordering::Relaxed);
         let interval = now.saturating_sub(last);
         let average = self.arrival_interval_ns.load(Ordering::Relaxed);
@@ -505,12 +527,18 @@ impl Drop for DecrementOnDrop<'_> {
 }
 
 /// Ends a leader's wait for company (also when its future is dropped mid-wait): wakes the
-/// callers that waited for it, so one of them leads if it did not.
-struct StopGathering<'a>(&'a Journal);
+/// callers that waited for it, so one of them leads if it did not. Holds the leader's
+/// `gathering_until_ns`.
+struct StopGathering<'a>(&'a Journal, u64);
 
 impl Drop for StopGathering<'_> {
     fn drop(&mut self) {
-        self.0.gathering.store(false, Ordering::Release);
+        let _ = self.0.gathering_until_ns.compare_exchange(
+            self.1,
+            0,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
         self.0.synced.notify_waiters();
     }
 }
@@ -926,11 +954,76 @@ mod tests {
             .unwrap();
         assert!(leader.await.unwrap().is_err(), "the leader was cancelled");
         assert!(started.elapsed() < Duration::from_secs(5));
-        assert!(!j.gathering.load(Ordering::Acquire));
+        assert_eq!(j.gathering_until_ns.load(Ordering::Acquire), 0);
         drop(j);
         let (_, events) = open(dir.path(), Durability::Durable);
         let runs: Vec<&str> = events.iter().map(|e| &*e.run).collect();
         assert_eq!(runs[8..], ["a", "b"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn callers_do_not_wait_for_a_gathering_leader_whose_executor_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let (j, _) = open(dir.path(), Durability::Durable);
+        let j = Arc::new(j);
+        j.set_commit_delay(Duration::ZERO);
+        for i in 0..8 {
+            j.append_synced_busy(&event("warm", i), DEFAULT_COMMIT_SIBLINGS)
+                .await
+                .unwrap();
+        }
+        // The leader runs on an executor of one thread, which another task then blocks for a
+        // second: its commit delay ends, but it cannot run to sync.
+        let busy = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        j.set_commit_delay(Duration::from_millis(20));
+        let (gathering_tx, gathering_rx) = tokio::sync::oneshot::channel();
+        let leader = {
+            let j = Arc::clone(&j);
+            busy.spawn(async move {
+                let record = event("a", 0);
+                let append = j.append_synced_busy(&record, DEFAULT_COMMIT_SIBLINGS);
+                tokio::pin!(append);
+                // Polled once: it starts gathering and sleeps out the delay.
+                assert!(futures_poll_once(append.as_mut()).await.is_none());
+                let _ = gathering_tx.send(());
+                append.await
+            })
+        };
+        gathering_rx.await.unwrap();
+        assert_ne!(j.gathering_until_ns.load(Ordering::Acquire), 0);
+        busy.spawn(async { std::thread::sleep(Duration::from_secs(1)) });
+        let started = std::time::Instant::now();
+        j.append_synced_busy(&event("b", 0), DEFAULT_COMMIT_SIBLINGS)
+            .await
+            .unwrap();
+        let waited = started.elapsed();
+        assert!(
+            waited < Duration::from_millis(500),
+            "waited {waited:?} for a leader that could not run"
+        );
+        // The leader finds its record synced when it runs, and everything is on disk once.
+        leader.await.unwrap().unwrap();
+        busy.shutdown_background();
+        drop(j);
+        let (_, events) = open(dir.path(), Durability::Durable);
+        let runs: Vec<&str> = events.iter().map(|e| &*e.run).collect();
+        assert_eq!(runs[8..], ["a", "b"]);
+    }
+
+    /// Polls `future` once: its output if it was ready.
+    async fn futures_poll_once<F: std::future::Future + Unpin>(future: F) -> Option<F::Output> {
+        let mut future = future;
+        std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(match std::pin::Pin::new(&mut future).poll(cx) {
+                std::task::Poll::Ready(output) => Some(output),
+                std::task::Poll::Pending => None,
+            })
+        })
+        .await
     }
 
     #[tokio::test]
