@@ -49,6 +49,7 @@ pub struct RuntimeBuilder {
     timings: Option<Arc<NodeTimings>>,
     max_running: Option<usize>,
     event_hook: Option<EventHook>,
+    executor: Option<tokio::runtime::Handle>,
 }
 
 /// A function called with every event of every run, after the event is journaled (synced,
@@ -152,6 +153,15 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Runs execute on this tokio runtime (their orchestrators, node actors and blocking
+    /// work) instead of the one that starts them. The daemon gives runs a runtime of their own,
+    /// so a burst of requests queues behind other requests, not in front of running nodes.
+    /// Default: the runtime calling [`Runtime::start`] or [`Runtime::resume`].
+    pub fn executor(mut self, handle: tokio::runtime::Handle) -> Self {
+        self.executor = Some(handle);
+        self
+    }
+
     /// Opens the store and the journal; loads the state of past runs.
     pub fn build(self) -> Result<Runtime, RuntimeError> {
         let store: Arc<dyn MemoryStore> = match (self.store, &self.data_dir) {
@@ -237,6 +247,7 @@ impl RuntimeBuilder {
                 active: AtomicUsize::new(0),
                 draining: watch::channel(false).0,
                 event_hook: self.event_hook,
+                executor: self.executor,
             }),
         })
     }
@@ -261,6 +272,8 @@ pub(crate) struct Inner {
     /// Set by `Runtime::drain`.
     pub(crate) draining: watch::Sender<bool>,
     pub(crate) event_hook: Option<EventHook>,
+    /// Where runs execute (`RuntimeBuilder::executor`); `None`: the caller's runtime.
+    executor: Option<tokio::runtime::Handle>,
 }
 
 /// The namespaces a run owns: its own, and read namespaces under it (`<namespace>/...`, such
@@ -281,6 +294,18 @@ fn owned_namespaces(spec: Option<&RunRecord>) -> Vec<String> {
 }
 
 impl Inner {
+    /// Spawns a run's task on the runs' executor.
+    fn spawn_run<F>(&self, task: F)
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        match &self.executor {
+            Some(handle) => drop(handle.spawn(task)),
+            None => drop(tokio::spawn(task)),
+        }
+    }
+
     /// The agent of a role: a registered Rust agent, else the LLM agent.
     pub(crate) fn agent_for(&self, role: &str) -> Result<Arc<dyn Agent>, RuntimeError> {
         if let Some(agent) = self.agents.get(role) {
@@ -474,6 +499,7 @@ impl Runtime {
             timings: None,
             max_running: None,
             event_hook: None,
+            executor: None,
         }
     }
 
@@ -591,7 +617,7 @@ impl Runtime {
         )
         .await?;
         enqueue(&self.inner, &shared);
-        tokio::spawn(drive(cx));
+        self.inner.spawn_run(drive(cx));
         Ok(RunHandle {
             shared,
             runtime: self.clone(),
@@ -656,7 +682,7 @@ impl Runtime {
         )
         .await?;
         enqueue(&self.inner, &shared);
-        tokio::spawn(drive(cx));
+        self.inner.spawn_run(drive(cx));
         Ok(RunHandle {
             shared,
             runtime: self.clone(),

@@ -713,3 +713,57 @@ async fn a_runs_live_channel_carries_every_event_to_its_end_then_closes() {
     assert_eq!(past.len(), events.len());
     assert!(matches!(live.recv().await, Err(RecvError::Closed)));
 }
+
+/// Records the name of the thread each call runs on.
+struct ThreadNames {
+    names: Arc<Mutex<Vec<String>>>,
+    inner: Arc<dyn Agent>,
+}
+
+#[async_trait::async_trait]
+impl Agent for ThreadNames {
+    async fn act(&self, input: AgentInput<'_>) -> Result<AgentReply, AgentError> {
+        let name = std::thread::current().name().unwrap_or("").to_owned();
+        self.names.lock().push(name);
+        self.inner.act(input).await
+    }
+}
+
+#[tokio::test]
+async fn runs_execute_on_the_executor_they_are_given() {
+    let executor = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("test-executor")
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let llm_agent: Arc<dyn Agent> =
+        Arc::new(agentd_runtime::LlmAgent::new(llm(0.9) as Arc<dyn LlmClient>));
+    let mut builder = builder(dir.path()).executor(executor.handle().clone());
+    for role in ["planner", "researcher", "answerer"] {
+        builder = builder.agent(
+            role,
+            ThreadNames {
+                names: Arc::clone(&names),
+                inner: Arc::clone(&llm_agent),
+            },
+        );
+    }
+    let runtime = builder.build().unwrap();
+    // Started from this (single-threaded) test runtime, run on the executor.
+    let outcome = runtime
+        .run(RunRequest::new(
+            workflow(WORKFLOW),
+            "Which river flows through Paris?",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(outcome.status, RunStatus::Finished);
+    let names = names.lock().clone();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| n == "test-executor"), "{names:?}");
+    drop(runtime);
+    executor.shutdown_background();
+}
