@@ -24,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod metrics;
 pub mod openapi;
+pub mod process;
 pub mod server;
 pub mod testing;
 

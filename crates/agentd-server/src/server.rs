@@ -28,6 +28,43 @@ pub struct Server {
     state: AppState,
     listener: TcpListener,
     drain: watch::Sender<bool>,
+    _executor: Executor,
+}
+
+/// The tokio runtime runs execute on, apart from the one serving requests: the OS shares the
+/// cores between the two, so a burst of requests cannot queue in front of running nodes (a
+/// single scheduler runs ready tasks in turn, and a node would wait behind every request
+/// of the burst at each of its await points). Shut down without waiting when dropped, after
+/// [`Server::run`] has drained it, on any thread, async or not.
+struct Executor(Option<tokio::runtime::Runtime>);
+
+impl Executor {
+    fn new() -> Result<Executor, ServerError> {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("agentd-runs")
+            .enable_all()
+            .build()
+            .map(|rt| Executor(Some(rt)))
+            .map_err(|e| ServerError::Internal(format!("starting the runs' executor: {e}")))
+    }
+
+    fn handle(&self) -> tokio::runtime::Handle {
+        self.0
+            .as_ref()
+            .expect("the executor lives until dropped")
+            .handle()
+            .clone()
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        if let Some(rt) = self.0.take() {
+            rt.shutdown_background();
+        }
+    }
 }
 
 /// Options for embedding the server (tests, benchmarks).
@@ -51,6 +88,12 @@ impl Server {
         options: ServerOptions,
     ) -> Result<Server, ServerError> {
         config.check()?;
+        let prepared = crate::process::prepare();
+        tracing::debug!(
+            open_files_limit = prepared.open_files_limit,
+            reserved_descriptors = prepared.reserved,
+            "prepared the process for many connections"
+        );
         let tenants = Arc::new(Tenants::new(config.resolved_tokens()?));
         let llm: Arc<dyn LlmClient> = match options.llm {
             Some(llm) => llm,
@@ -64,7 +107,9 @@ impl Server {
             let metrics = Arc::clone(&metrics);
             Arc::new(move |event| metrics.observe(event))
         };
+        let executor = Executor::new()?;
         let mut builder = Runtime::builder()
+            .executor(executor.handle())
             .data_dir(&config.data_dir)
             .llm(llm)
             .max_running(config.limits.max_running)
@@ -107,6 +152,7 @@ impl Server {
             state,
             listener,
             drain,
+            _executor: executor,
         })
     }
 
@@ -131,6 +177,7 @@ impl Server {
             state,
             listener,
             drain,
+            _executor,
         } = self;
         let app = router(state.clone());
         let mut drained = drain.subscribe();
