@@ -837,7 +837,7 @@ async fn attempt_node(
         let workflow = Arc::clone(workflow);
         let record = Arc::clone(record);
         let query = query.clone();
-        blocking(cx, move |rt| {
+        let route = move |rt: &Inner| {
             let node = &workflow.nodes[index];
             let req = RouteRequest {
                 namespaces: &record.read_namespaces,
@@ -852,8 +852,16 @@ async fn attempt_node(
                 as_of_seq: Some(rt.store.last_seq()),
             };
             Ok(rt.router.route(&req)?)
-        })
-        .await?
+        };
+        // With an embedder that costs microseconds, routing is a fraction of a millisecond of
+        // CPU: it runs here, as handing it to a blocking thread and back costs about as much
+        // again (two thread wake-ups). A model's inference (milliseconds) would hold up the
+        // executor's other tasks, so it goes to a blocking thread.
+        if cx.rt.store.embedder().recomputable() {
+            route(&cx.rt)?
+        } else {
+            blocking(cx, route).await?
+        }
     };
     if let Some(run_budget) = &cx.budget {
         run_budget.charge(u64::from(pack.tokens_used));
