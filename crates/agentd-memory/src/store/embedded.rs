@@ -1805,8 +1805,6 @@ fn now_ms() -> u64 {
     Timestamp::now().0
 }
 
-/// Counts a write in progress for the graph builder (see `Shared::writing`); on exit the write
-/// counts as the latest one.
 /// Counts a small write until its batch is applied (or it fails); then wakes a flushing writer
 /// that waits for it.
 struct Unapplied<'a>(&'a EmbeddedStore);
@@ -1831,6 +1829,8 @@ impl Drop for Unapplied<'_> {
     }
 }
 
+/// Counts a write in progress for the graph builder (see `Shared::writing`); on exit the write
+/// counts as the latest one.
 struct Writing<'a>(&'a Shared);
 
 impl<'a> Writing<'a> {
