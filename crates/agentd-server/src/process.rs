@@ -66,9 +66,14 @@ fn raise_open_files_limit() -> u64 {
             limit = raised;
         }
     }
-    #[allow(clippy::unnecessary_cast)] // `rlim_t` is not `u64` on every platform.
-    let soft = limit.rlim_cur as u64;
-    soft
+    rlim_to_u64(limit.rlim_cur)
+}
+
+/// `rlim_t` as `u64` (it is not `u64` on every platform).
+#[cfg(unix)]
+#[allow(clippy::unnecessary_cast)]
+fn rlim_to_u64(value: libc::rlim_t) -> u64 {
+    value as u64
 }
 
 /// Grows the descriptor table to hold `n` descriptors: duplicates a descriptor onto the
@@ -129,7 +134,7 @@ mod tests {
         let before = (table_size(), open_files_limit());
         let prepared = prepare();
         let after = open_files_limit();
-        assert_eq!(prepared.open_files_limit, after.rlim_cur as u64);
+        assert_eq!(prepared.open_files_limit, rlim_to_u64(after.rlim_cur));
         assert!(after.rlim_cur >= before.1.rlim_cur);
         if after.rlim_max != libc::RLIM_INFINITY {
             assert_eq!(
