@@ -141,6 +141,9 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
+    if opens_a_store(&cli.command) {
+        prebuild_token_counter();
+    }
     match run(cli) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -149,6 +152,23 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the command opens a memory store (and so counts tokens).
+fn opens_a_store(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Validate(_) | Command::Graph(_) | Command::Schema(_)
+    )
+}
+
+/// Builds the default token counter's tables (about a quarter of a second of CPU) on a
+/// thread of their own while the command opens its store; the first count waits for the build
+/// if it is not done. A command that exits first (or never counts) loses nothing.
+fn prebuild_token_counter() {
+    let _ = std::thread::Builder::new()
+        .name("token-tables".into())
+        .spawn(|| drop(agentd::memory::tokens::BpeTokenCounter::o200k()));
 }
 
 fn run(cli: Cli) -> anyhow::Result<bool> {

@@ -180,17 +180,46 @@ impl TokenCounter for ApproxTokenCounter {
     }
 }
 
-/// The process-wide default counter: `o200k_base` (built on first use and shared). Should the
-/// vocabulary fail to load (it is compiled in, so this is not expected), falls back to
-/// [`ApproxTokenCounter`] rather than failing.
+/// The process-wide default counter: `o200k_base`. Its tables (about a quarter of a second
+/// of CPU) are built at its first count, not when it is created, so a command that opens a
+/// store only to read never builds them; [`BpeTokenCounter::o200k`] on another thread builds
+/// them ahead. Should the compiled-in vocabulary fail to load (not expected: tests cover it),
+/// it counts with [`ApproxTokenCounter`] and logs the error once.
 pub fn default_token_counter() -> Arc<dyn TokenCounter> {
     static DEFAULT: OnceLock<Arc<dyn TokenCounter>> = OnceLock::new();
     DEFAULT
-        .get_or_init(|| match BpeTokenCounter::o200k() {
-            Ok(counter) => Arc::new(counter),
-            Err(_) => Arc::new(ApproxTokenCounter),
+        .get_or_init(|| {
+            Arc::new(LazyBpeCounter {
+                encoding: BpeEncoding::O200kBase,
+            })
         })
         .clone()
+}
+
+/// A [`BpeTokenCounter`] whose tables are built at the first count (see
+/// [`default_token_counter`]).
+#[derive(Debug)]
+struct LazyBpeCounter {
+    encoding: BpeEncoding,
+}
+
+impl TokenCounter for LazyBpeCounter {
+    fn name(&self) -> &str {
+        self.encoding.as_str()
+    }
+
+    fn count(&self, text: &str) -> u32 {
+        match BpeTokenCounter::new(self.encoding) {
+            Ok(counter) => counter.count(text),
+            Err(e) => {
+                static LOGGED: std::sync::Once = std::sync::Once::new();
+                LOGGED.call_once(|| {
+                    tracing::error!(error = %e, "the BPE vocabulary failed to load; counting about 4 bytes per token");
+                });
+                ApproxTokenCounter.count(text)
+            }
+        }
+    }
 }
 
 /// `cl100k_base`'s split pattern as tiktoken-rs spells it, for reference:
@@ -481,6 +510,9 @@ mod tests {
         assert_eq!(o.name(), "o200k_base");
         assert_eq!(c.name(), "cl100k_base");
         assert_eq!(default_token_counter().name(), "o200k_base");
+        for text in ["hello world", "お誕生日おめでとう", "  indented\n\ttext  "] {
+            assert_eq!(default_token_counter().count(text), o.count(text), "{text:?}");
+        }
     }
 
     #[test]
