@@ -511,7 +511,11 @@ mod tests {
         assert_eq!(c.name(), "cl100k_base");
         assert_eq!(default_token_counter().name(), "o200k_base");
         for text in ["hello world", "お誕生日おめでとう", "  indented\n\ttext  "] {
-            assert_eq!(default_token_counter().count(text), o.count(text), "{text:?}");
+            assert_eq!(
+                default_token_counter().count(text),
+                o.count(text),
+                "{text:?}"
+            );
         }
     }
 
