@@ -923,19 +923,31 @@ mod tests {
         assert_eq!(j.sync_stats().syncs, 12);
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_cancelled_waiting_leader_hands_over_to_a_waiter() {
-        let dir = tempfile::tempdir().unwrap();
-        let (j, _) = open(dir.path(), Durability::Durable);
+    /// A journal in `dir` that expects company: 8 quick synced appends (run `warm`) made with
+    /// no commit delay.
+    async fn expecting_company(dir: &std::path::Path) -> Arc<Journal> {
+        let (j, _) = open(dir, Durability::Durable);
         let j = Arc::new(j);
-        // Quick synced appends make the journal expect company...
         j.set_commit_delay(Duration::ZERO);
         for i in 0..8 {
             j.append_synced_busy(&event("warm", i), DEFAULT_COMMIT_SIBLINGS)
                 .await
                 .unwrap();
         }
-        // ...so with a long delay the next busy append waits for it; it is cancelled mid-wait.
+        j
+    }
+
+    /// The runs of the records after [`expecting_company`]'s, reopening the journal in `dir`.
+    fn runs_after_warm_up(dir: &std::path::Path) -> Vec<String> {
+        let (_, events) = open(dir, Durability::Durable);
+        events[8..].iter().map(|e| e.run.to_string()).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cancelled_waiting_leader_hands_over_to_a_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = expecting_company(dir.path()).await;
+        // With a long delay the next busy append waits for it; it is cancelled mid-wait.
         j.set_commit_delay(Duration::from_millis(300));
         let leader = {
             let j = Arc::clone(&j);
@@ -956,22 +968,13 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5));
         assert_eq!(j.gathering_until_ns.load(Ordering::Acquire), 0);
         drop(j);
-        let (_, events) = open(dir.path(), Durability::Durable);
-        let runs: Vec<&str> = events.iter().map(|e| &*e.run).collect();
-        assert_eq!(runs[8..], ["a", "b"]);
+        assert_eq!(runs_after_warm_up(dir.path()), ["a", "b"]);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn callers_do_not_wait_for_a_gathering_leader_whose_executor_is_busy() {
         let dir = tempfile::tempdir().unwrap();
-        let (j, _) = open(dir.path(), Durability::Durable);
-        let j = Arc::new(j);
-        j.set_commit_delay(Duration::ZERO);
-        for i in 0..8 {
-            j.append_synced_busy(&event("warm", i), DEFAULT_COMMIT_SIBLINGS)
-                .await
-                .unwrap();
-        }
+        let j = expecting_company(dir.path()).await;
         // The leader runs on an executor of one thread, which another task then blocks for a
         // second: its commit delay ends, but it cannot run to sync.
         let busy = tokio::runtime::Builder::new_multi_thread()
@@ -1009,9 +1012,7 @@ mod tests {
         leader.await.unwrap().unwrap();
         busy.shutdown_background();
         drop(j);
-        let (_, events) = open(dir.path(), Durability::Durable);
-        let runs: Vec<&str> = events.iter().map(|e| &*e.run).collect();
-        assert_eq!(runs[8..], ["a", "b"]);
+        assert_eq!(runs_after_warm_up(dir.path()), ["a", "b"]);
     }
 
     /// Polls `future` once: its output if it was ready.
