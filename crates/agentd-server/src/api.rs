@@ -54,6 +54,48 @@ pub struct AppState {
     pub draining: watch::Receiver<bool>,
     /// Submissions between admission and start (admission control counts them as queued).
     admitting: Arc<AtomicUsize>,
+    /// Inline workflows parsed lately (see [`InlineWorkflows`]).
+    inline_workflows: Arc<InlineWorkflows>,
+}
+
+/// The inline workflows (`workflow_toml`) parsed lately, by their text, so that a burst of
+/// submissions of one workflow parses and checks it once (about a third of a submission's
+/// CPU). Only workflows whose roles are all inline are kept: one that uses the roles folder
+/// is parsed again each time, since the files may change.
+#[derive(Default)]
+struct InlineWorkflows {
+    /// Most recently used last.
+    entries: parking_lot::Mutex<Vec<(Arc<str>, Arc<Workflow>)>>,
+}
+
+impl InlineWorkflows {
+    /// Workflows kept at most.
+    const CAPACITY: usize = 16;
+
+    /// The workflow parsed from `text`, if kept.
+    fn get(&self, text: &str) -> Option<Arc<Workflow>> {
+        let mut entries = self.entries.lock();
+        let at = entries.iter().position(|(t, _)| **t == *text)?;
+        let entry = entries.remove(at);
+        let workflow = Arc::clone(&entry.1);
+        entries.push(entry);
+        Some(workflow)
+    }
+
+    /// Keeps `workflow`, parsed from `text`, if every role of it is inline.
+    fn keep(&self, text: &str, workflow: &Arc<Workflow>) {
+        if workflow.roles.values().any(|role| role.path.is_some()) {
+            return;
+        }
+        let mut entries = self.entries.lock();
+        if entries.iter().any(|(t, _)| **t == *text) {
+            return;
+        }
+        if entries.len() == Self::CAPACITY {
+            entries.remove(0);
+        }
+        entries.push((Arc::from(text), Arc::clone(workflow)));
+    }
 }
 
 impl AppState {
@@ -72,6 +114,7 @@ impl AppState {
             metrics,
             draining,
             admitting: Arc::new(AtomicUsize::new(0)),
+            inline_workflows: Arc::default(),
         }
     }
 
@@ -241,7 +284,7 @@ fn invalid_workflow(errors: &agentd_workflow::ConfigErrors) -> ApiError {
         .with_details(serde_json::to_value(&errors.0).unwrap_or(Value::Null))
 }
 
-fn load_workflow(state: &AppState, request: &CreateRun) -> Result<Workflow, ApiError> {
+fn load_workflow(state: &AppState, request: &CreateRun) -> Result<Arc<Workflow>, ApiError> {
     match (&request.workflow, &request.workflow_toml) {
         (Some(name), None) => {
             if !is_safe_name(name) {
@@ -269,10 +312,21 @@ fn load_workflow(state: &AppState, request: &CreateRun) -> Result<Workflow, ApiE
                     ),
                 ));
             }
-            Workflow::load(&path).map_err(|e| invalid_workflow(&e))
+            Workflow::load(&path)
+                .map(Arc::new)
+                .map_err(|e| invalid_workflow(&e))
         }
-        (None, Some(text)) => Workflow::parse(text, "workflow_toml", Some(&state.config.roles_dir))
-            .map_err(|e| invalid_workflow(&e)),
+        (None, Some(text)) => {
+            if let Some(workflow) = state.inline_workflows.get(text) {
+                return Ok(workflow);
+            }
+            let workflow = Arc::new(
+                Workflow::parse(text, "workflow_toml", Some(&state.config.roles_dir))
+                    .map_err(|e| invalid_workflow(&e))?,
+            );
+            state.inline_workflows.keep(text, &workflow);
+            Ok(workflow)
+        }
         (Some(_), Some(_)) => Err(ApiError::bad_request(
             "give either `workflow` (a name) or `workflow_toml` (inline TOML), not both",
         )),
@@ -368,7 +422,7 @@ async fn create_run(
     }
 
     let id = agentd_runtime::new_run_id();
-    let mut run = RunRequest::new(Arc::new(workflow), request.input);
+    let mut run = RunRequest::new(workflow, request.input);
     run.policy = policy;
     run.run_budget = request.run_budget;
     run.run_id = Some(id.clone());
@@ -989,4 +1043,49 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 async fn openapi() -> Response {
     axum::Json(crate::openapi::document()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Arc<Workflow> {
+        let roles = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../agents");
+        Arc::new(Workflow::parse(text, "workflow_toml", Some(&roles)).unwrap())
+    }
+
+    #[test]
+    fn inline_workflows_are_kept_by_text_and_file_roles_are_not() {
+        let kept = InlineWorkflows::default();
+        let inline = crate::testing::THREE_NODE_WORKFLOW;
+        assert!(kept.get(inline).is_none());
+        let workflow = parse(inline);
+        kept.keep(inline, &workflow);
+        assert!(Arc::ptr_eq(&kept.get(inline).unwrap(), &workflow));
+        assert!(kept.get(&format!("{inline}\n")).is_none(), "another text");
+
+        // A role read from the roles folder may change: such a workflow is parsed every time.
+        let with_file_role =
+            "[workflow]\nname = \"files\"\n\n[nodes.plan]\nrole = \"planner\"\nstage = \"plan\"\n";
+        let workflow = parse(with_file_role);
+        assert!(workflow.roles["planner"].path.is_some());
+        kept.keep(with_file_role, &workflow);
+        assert!(kept.get(with_file_role).is_none());
+
+        // The least recently used goes first.
+        let texts: Vec<String> = (0..InlineWorkflows::CAPACITY)
+            .map(|i| inline.replace("three_step", &format!("step_{i}")))
+            .collect();
+        for text in &texts {
+            kept.keep(text, &parse(text));
+        }
+        assert!(kept.get(inline).is_none(), "evicted");
+        assert!(kept.get(&texts[0]).is_some());
+        kept.keep(inline, &parse(inline));
+        assert!(
+            kept.get(&texts[1]).is_none(),
+            "evicted: texts[0] was used since"
+        );
+        assert!(kept.get(&texts[0]).is_some());
+    }
 }
