@@ -47,14 +47,9 @@ pub fn prepare() -> Prepared {
 /// Raises `RLIMIT_NOFILE`'s soft limit to its hard limit; returns the soft limit in force.
 #[cfg(unix)]
 fn raise_open_files_limit() -> u64 {
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `limit` is a valid, writable rlimit.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    let Some(mut limit) = open_files_limit() else {
         return 0;
-    }
+    };
     if limit.rlim_cur < limit.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: limit.rlim_max,
@@ -67,6 +62,17 @@ fn raise_open_files_limit() -> u64 {
         }
     }
     rlim_to_u64(limit.rlim_cur)
+}
+
+/// `RLIMIT_NOFILE` (soft and hard), or `None` if it cannot be read.
+#[cfg(unix)]
+fn open_files_limit() -> Option<libc::rlimit> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `limit` is a valid, writable rlimit.
+    (unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0).then_some(limit)
 }
 
 /// `rlim_t` as `u64` (it is not `u64` on every platform).
@@ -116,24 +122,11 @@ mod tests {
             .expect("FDSize in /proc/self/status")
     }
 
-    fn open_files_limit() -> libc::rlimit {
-        let mut limit = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        // SAFETY: `limit` is a valid, writable rlimit.
-        assert_eq!(
-            unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) },
-            0
-        );
-        limit
-    }
-
     #[test]
     fn the_descriptor_table_is_grown_up_front_and_the_limit_raised() {
-        let before = (table_size(), open_files_limit());
+        let before = (table_size(), open_files_limit().unwrap());
         let prepared = prepare();
-        let after = open_files_limit();
+        let after = open_files_limit().unwrap();
         assert_eq!(prepared.open_files_limit, rlim_to_u64(after.rlim_cur));
         assert!(after.rlim_cur >= before.1.rlim_cur);
         if after.rlim_max != libc::RLIM_INFINITY {
