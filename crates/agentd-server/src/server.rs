@@ -124,13 +124,19 @@ impl Server {
             builder = builder.model_override(model.clone());
         }
         let data_dir = config.data_dir.clone();
-        let runtime = tokio::task::spawn_blocking(move || builder.build())
-            .await
-            .map_err(|e| ServerError::Internal(e.to_string()))?
-            .map_err(|e| ServerError::Runtime {
-                data_dir: data_dir.display().to_string(),
-                source: e,
-            })?;
+        let runtime = tokio::task::spawn_blocking(move || {
+            let runtime = builder.build()?;
+            // The token counter builds its tables at its first count (~0.1 s of CPU): here,
+            // before the daemon listens, rather than in the first runs' write-backs.
+            runtime.store().token_counter().count("warm up");
+            Ok(runtime)
+        })
+        .await
+        .map_err(|e| ServerError::Internal(e.to_string()))?
+        .map_err(|e| ServerError::Runtime {
+            data_dir: data_dir.display().to_string(),
+            source: e,
+        })?;
         let interrupted = runtime.interrupted();
         if !interrupted.is_empty() {
             tracing::info!(runs = interrupted.len(), "resuming interrupted runs");
