@@ -628,6 +628,10 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
 }
 
 /// Writes the run's task item unless it exists (runs with slots write it once they get one).
+///
+/// The write is deferred (no fsync of its own): the first node's write-back is durable only
+/// with everything written before it, the task item included, and a run that crashes before
+/// any checkpoint writes its task item again when it resumes.
 async fn ensure_task_item(cx: &Arc<RunCx>) -> Result<(), RuntimeError> {
     let record = Arc::clone(&cx.record);
     blocking(cx, move |rt| {
@@ -635,8 +639,10 @@ async fn ensure_task_item(cx: &Arc<RunCx>) -> Result<(), RuntimeError> {
             .kinds([Kind::Task])
             .tag(crate::runtime::TASK_ORIGIN);
         if rt.store.count(&filter)? == 0 {
-            rt.store
-                .put(crate::runtime::task_item(&record.namespace, &record.input))?;
+            rt.store.put_batch_deferred(vec![crate::runtime::task_item(
+                &record.namespace,
+                &record.input,
+            )])?;
         }
         Ok(())
     })

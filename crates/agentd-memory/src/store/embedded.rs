@@ -757,10 +757,59 @@ impl EmbeddedStore {
         }
     }
 
+    /// `put_batch` (`sync`) or `put_batch_deferred`.
+    fn write(&self, items: Vec<NewItem>, sync: bool) -> Result<Vec<MemoryItem>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        for (i, item) in items.iter().enumerate() {
+            item.validate().map_err(|e| match e {
+                MemoryError::Invalid { field, reason } => MemoryError::Invalid {
+                    field,
+                    reason: if items.len() > 1 {
+                        format!("{reason} (item {i} of the batch)")
+                    } else {
+                        reason
+                    },
+                },
+                other => other,
+            })?;
+        }
+        let now = Timestamp::now();
+        let stored: Vec<MemoryItem> = items
+            .into_iter()
+            .map(|item| MemoryItem {
+                id: ItemId::new_v7(),
+                // Sequence numbers and versions are assigned under the writer lock.
+                seq: 0,
+                namespace: item.namespace,
+                kind: item.kind,
+                content: item.content,
+                payload: item.payload,
+                producer: item.producer,
+                stage: item.stage,
+                tags: item.tags,
+                key: item.key,
+                version: 0,
+                confidence: item.confidence,
+                created_at: now,
+                tokens: 0,
+                readers: item.readers,
+                superseded: false,
+            })
+            .collect();
+        let _writing = Writing::enter(&self.shared);
+        if stored.len() >= PARALLEL_COMMIT_MIN {
+            self.put_large(stored, sync)
+        } else {
+            self.put_small(stored, sync)
+        }
+    }
+
     /// A small batch: everything that needs no sequence number (token counts, embeddings, text
     /// analysis) happens before the writer lock; under it, sled's write (no fsync), the text
     /// index's tail and the catalog; after it, the group fsync.
-    fn put_small(&self, mut stored: Vec<MemoryItem>) -> Result<Vec<MemoryItem>> {
+    fn put_small(&self, mut stored: Vec<MemoryItem>, sync: bool) -> Result<Vec<MemoryItem>> {
         let mut phases = Phases::start();
         let unapplied = Unapplied::enter(self);
         self.count_tokens(&mut stored);
@@ -797,7 +846,7 @@ impl EmbeddedStore {
         if fill == TailFill::Full {
             self.text.wake_committer();
         }
-        if self.durability == Durability::Fsync {
+        if sync && self.durability == Durability::Fsync {
             self.sync_through(last_seq)?;
             phases.lap("sync");
         }
@@ -807,7 +856,7 @@ impl EmbeddedStore {
     /// A large batch, under the writer lock: queue the text index documents (tantivy's
     /// indexing thread works on them while this thread counts tokens and embeds), then write
     /// sled (with its fsync) and commit the text index side by side, then publish.
-    fn put_large(&self, mut stored: Vec<MemoryItem>) -> Result<Vec<MemoryItem>> {
+    fn put_large(&self, mut stored: Vec<MemoryItem>, sync: bool) -> Result<Vec<MemoryItem>> {
         let mut phases = Phases::start();
         let mut writer = self.writer.lock();
         phases.lap("lock");
@@ -832,7 +881,7 @@ impl EmbeddedStore {
         let vectors = embed_parallel(self.embedder.as_ref(), &stored)?;
         phases.lap("embed");
 
-        let flush = self.durability == Durability::Fsync;
+        let flush = sync && self.durability == Durability::Fsync;
         let (stored_ok, indexed) = std::thread::scope(|scope| {
             let sled_side = scope.spawn(|| self.write_sled(&stored, &vectors, first_seq, flush));
             let indexed = self.text.index.commit(&mut index, Some(last_seq));
@@ -1060,51 +1109,11 @@ impl EmbeddedStore {
 
 impl MemoryStore for EmbeddedStore {
     fn put_batch(&self, items: Vec<NewItem>) -> Result<Vec<MemoryItem>> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
-        for (i, item) in items.iter().enumerate() {
-            item.validate().map_err(|e| match e {
-                MemoryError::Invalid { field, reason } => MemoryError::Invalid {
-                    field,
-                    reason: if items.len() > 1 {
-                        format!("{reason} (item {i} of the batch)")
-                    } else {
-                        reason
-                    },
-                },
-                other => other,
-            })?;
-        }
-        let now = Timestamp::now();
-        let stored: Vec<MemoryItem> = items
-            .into_iter()
-            .map(|item| MemoryItem {
-                id: ItemId::new_v7(),
-                // Sequence numbers and versions are assigned under the writer lock.
-                seq: 0,
-                namespace: item.namespace,
-                kind: item.kind,
-                content: item.content,
-                payload: item.payload,
-                producer: item.producer,
-                stage: item.stage,
-                tags: item.tags,
-                key: item.key,
-                version: 0,
-                confidence: item.confidence,
-                created_at: now,
-                tokens: 0,
-                readers: item.readers,
-                superseded: false,
-            })
-            .collect();
-        let _writing = Writing::enter(&self.shared);
-        if stored.len() >= PARALLEL_COMMIT_MIN {
-            self.put_large(stored)
-        } else {
-            self.put_small(stored)
-        }
+        self.write(items, true)
+    }
+
+    fn put_batch_deferred(&self, items: Vec<NewItem>) -> Result<Vec<MemoryItem>> {
+        self.write(items, false)
     }
 
     fn get(&self, id: ItemId) -> Result<Option<MemoryItem>> {
@@ -2057,6 +2066,54 @@ mod tests {
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(100), "{waited:?}");
         assert!(waited < Duration::from_secs(60), "{waited:?}");
+    }
+
+    #[test]
+    fn deferred_writes_are_visible_at_once_and_durable_with_the_next_durable_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with(dir.path(), hashing()).unwrap();
+        let flushes = store.write_flushes();
+        let small = store
+            .put_batch_deferred(vec![NewItem::new("ns", Kind::Task, "deferred river task")])
+            .unwrap();
+        let large = store
+            .put_batch_deferred(
+                (0..PARALLEL_COMMIT_MIN + 3)
+                    .map(|i| NewItem::new("bulk", Kind::Note, format!("bulk note {i}")))
+                    .collect(),
+            )
+            .unwrap();
+        assert_eq!(store.write_flushes(), flushes, "no flush of their own");
+        // Visible to the very next read and search, like any write.
+        assert_eq!(
+            store.get(small[0].id).unwrap().unwrap().content,
+            "deferred river task"
+        );
+        let hits = store
+            .search(
+                &SearchQuery::new("river", SearchMode::Bm25),
+                &Filter::namespace("ns"),
+                5,
+            )
+            .unwrap();
+        assert_eq!(hits.first().map(|h| h.item.id), Some(small[0].id));
+        assert_eq!(
+            store.count(&Filter::namespace("bulk")).unwrap(),
+            large.len()
+        );
+        // A durable write flushes once, and that covers the deferred ones.
+        store
+            .put_batch(vec![NewItem::new("ns", Kind::Note, "durable")])
+            .unwrap();
+        assert_eq!(store.write_flushes(), flushes + 1);
+        drop(store);
+        let store = open_with(dir.path(), hashing()).unwrap();
+        assert!(store.get(small[0].id).unwrap().is_some());
+        assert_eq!(
+            store.count(&Filter::namespace("bulk")).unwrap(),
+            large.len()
+        );
+        assert_eq!(store.count(&Filter::namespace("ns")).unwrap(), 2);
     }
 
     #[test]

@@ -167,6 +167,17 @@ pub trait MemoryStore: Send + Sync {
     /// Items come back in input order.
     fn put_batch(&self, items: Vec<NewItem>) -> Result<Vec<MemoryItem>>;
 
+    /// Writes items like [`put_batch`](Self::put_batch), visible to reads at once, but returns
+    /// without waiting for them to be durable: they become durable with the next durable write
+    /// to the store (a crash keeps a prefix of the writes, so that write's durability covers
+    /// them), or are lost to a crash before it.
+    ///
+    /// For items that can be written again after a crash and that nothing acknowledges before a
+    /// later durable write, such as a run's task item. The default waits, like `put_batch`.
+    fn put_batch_deferred(&self, items: Vec<NewItem>) -> Result<Vec<MemoryItem>> {
+        self.put_batch(items)
+    }
+
     /// One item by id (superseded or not).
     fn get(&self, id: ItemId) -> Result<Option<MemoryItem>>;
 
