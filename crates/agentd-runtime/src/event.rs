@@ -131,6 +131,17 @@ pub enum EventKind {
         /// Usage of the node (all attempts).
         usage: UsageTotals,
     },
+    /// A resume found a checkpoint whose items are not all in the store (a crash after the
+    /// journal synced the checkpoint and before the store synced the items): the checkpoint no
+    /// longer counts, and the node runs again.
+    CheckpointVoided {
+        /// Node name.
+        node: Arc<str>,
+        /// Round.
+        round: u32,
+        /// The checkpoint's items the store does not hold.
+        missing: Vec<ItemId>,
+    },
     /// A round ended.
     RoundFinished {
         /// Round.
@@ -167,6 +178,7 @@ impl EventKind {
             EventKind::ItemsWritten { .. } => "items_written",
             EventKind::NodeFailed { .. } => "node_failed",
             EventKind::NodeFinished { .. } => "node_finished",
+            EventKind::CheckpointVoided { .. } => "checkpoint_voided",
             EventKind::RoundFinished { .. } => "round_finished",
             EventKind::RunFinished { .. } => "run_finished",
             EventKind::RunFailed { .. } => "run_failed",

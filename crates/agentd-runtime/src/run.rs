@@ -258,6 +258,18 @@ pub(crate) async fn record(
     kind: EventKind,
     sync: bool,
 ) -> Result<(), RuntimeError> {
+    record_with(rt, shared, kind, sync, std::future::ready(Ok(()))).await
+}
+
+/// [`record`], with `alongside` awaited together with the journal append: the event is
+/// published (and this returns) once both are done, and fails if either failed.
+pub(crate) async fn record_with(
+    rt: &Inner,
+    shared: &RunShared,
+    kind: EventKind,
+    sync: bool,
+    alongside: impl std::future::Future<Output = Result<(), RuntimeError>>,
+) -> Result<(), RuntimeError> {
     let (event, sync) = {
         let mut log = shared.log.lock();
         // An event after the run's end (an actor winding down, a deletion) is synced, so that
@@ -275,15 +287,18 @@ pub(crate) async fn record(
         }
         (event, sync)
     };
-    let appended = match &rt.journal {
-        Some(journal) if sync => {
-            // Other active runs have nodes to run while this one syncs.
-            let others = rt.active.load(Ordering::Relaxed).saturating_sub(1);
-            journal.append_synced_busy(&event, others).await.map(Some)
+    let append = async {
+        match &rt.journal {
+            Some(journal) if sync => {
+                // Other active runs have nodes to run while this one syncs.
+                let others = rt.active.load(Ordering::Relaxed).saturating_sub(1);
+                journal.append_synced_busy(&event, others).await.map(Some)
+            }
+            Some(journal) => journal.append(&event).map(Some),
+            None => Ok(None),
         }
-        Some(journal) => journal.append(&event).map(Some),
-        None => Ok(None),
     };
+    let (appended, beside) = tokio::join!(append, alongside);
     let mut log = shared.log.lock();
     if let Ok(Some(offset)) = appended {
         log.offsets.push((event.seq, offset));
@@ -319,7 +334,7 @@ pub(crate) async fn record(
         log.evict(journal.written_end());
     }
     appended?;
-    Ok(())
+    beside
 }
 
 impl RunLog {
@@ -364,6 +379,8 @@ struct NodeReport {
 
 struct NodeDone {
     items: Vec<ItemId>,
+    /// The store's sequence number after the write-back: made durable with the checkpoint.
+    store_seq: u64,
     usage: UsageTotals,
     /// Time spent routing, acting and writing back (the node's own work).
     work: Duration,
@@ -580,7 +597,16 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
             match report.result {
                 Ok(node_done) => {
                     let work = node_done.work;
-                    cx.emit(
+                    // The checkpoint: the node's items (written deferred) are made durable
+                    // while the journal syncs the event, and it counts once both are. A crash
+                    // between the two leaves a checkpoint whose items may be missing; a
+                    // resume voids it (see `Runtime::resume`).
+                    let store_seq = node_done.store_seq;
+                    let items_durable =
+                        blocking(cx, move |rt| Ok(rt.store.make_durable(store_seq)?));
+                    record_with(
+                        &cx.rt,
+                        &cx.shared,
                         EventKind::NodeFinished {
                             node: cx.node_name(report.node),
                             role: cx.role_name(report.node),
@@ -589,6 +615,7 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
                             usage: node_done.usage,
                         },
                         true,
+                        items_durable,
                     )
                     .await?;
                     done[report.node] = true;
@@ -780,9 +807,14 @@ async fn run_node(cx: &Arc<RunCx>, index: usize, round: u32) -> Result<NodeDone,
         usage.wall_ms += elapsed.as_secs_f64() * 1e3;
         work += elapsed;
         let error = match outcome {
-            Ok(Ok(items)) => {
+            Ok(Ok((items, store_seq))) => {
                 usage.nodes += 1;
-                return Ok(NodeDone { items, usage, work });
+                return Ok(NodeDone {
+                    items,
+                    store_seq,
+                    usage,
+                    work,
+                });
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("timed out after {}", fmt_duration(node.timeout)),
@@ -814,14 +846,15 @@ fn fmt_duration(d: Duration) -> String {
     }
 }
 
-/// One attempt: route, act, write back. Returns the items produced.
+/// One attempt: route, act, write back. Returns the items produced and the store's sequence
+/// number after writing them (not yet durable: see `orchestrate`).
 async fn attempt_node(
     cx: &Arc<RunCx>,
     index: usize,
     round: u32,
     attempt: u32,
     usage: &mut UsageTotals,
-) -> Result<Vec<ItemId>, RuntimeError> {
+) -> Result<(Vec<ItemId>, u64), RuntimeError> {
     let workflow = &cx.workflow;
     let node = &workflow.nodes[index];
     let role = workflow.role_of(node);
@@ -941,10 +974,12 @@ async fn attempt_node(
                 round,
                 context: &pack,
             };
-            Ok(write_back(rt.store.as_ref(), &target, &reply.output)?)
+            let outcome = write_back(rt.store.as_ref(), &target, &reply.output)?;
+            Ok((outcome, rt.store.last_seq()))
         })
         .await?
     };
+    let (outcome, store_seq) = outcome;
     let items = outcome.item_ids();
     cx.emit(
         EventKind::ItemsWritten {
@@ -961,7 +996,7 @@ async fn attempt_node(
         false,
     )
     .await?;
-    Ok(items)
+    Ok((items, store_seq))
 }
 
 fn model_settings(cx: &RunCx, node: &NodeSpec) -> ModelSettings {

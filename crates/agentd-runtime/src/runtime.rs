@@ -674,6 +674,31 @@ impl Runtime {
             Arc::new(record),
             budget,
         ));
+        // A checkpoint is synced in the journal alongside its items in the store: after a
+        // crash between the two, the items may be missing. Such a checkpoint no longer counts
+        // (recorded before `run_resumed`, whose sync covers it), and its node runs again.
+        let checkpoints: Vec<CheckpointItems<Arc<[ItemId]>>> = state
+            .checkpoints
+            .iter()
+            .map(|c| (c.round, Arc::clone(&c.node), Arc::clone(&c.items)))
+            .collect();
+        let store = Arc::clone(&self.inner.store);
+        let voided =
+            tokio::task::spawn_blocking(move || missing_items(store.as_ref(), checkpoints))
+                .await
+                .map_err(|e| RuntimeError::Internal(e.to_string()))??;
+        for (round, node, missing) in voided {
+            tracing::warn!(run = %id, %node, round, missing = missing.len(), "a checkpoint's items are not in the store; the node runs again");
+            cx.emit(
+                EventKind::CheckpointVoided {
+                    node,
+                    round,
+                    missing,
+                },
+                false,
+            )
+            .await?;
+        }
         cx.emit(
             EventKind::RunResumed {
                 round: state.round.max(1),
@@ -837,4 +862,33 @@ impl Runtime {
             journal.close();
         }
     }
+}
+
+/// A checkpoint's round, node, and items (all of them, or the missing ones).
+type CheckpointItems<I> = (u32, Arc<str>, I);
+
+/// The checkpoints whose items are not all in the store, with the missing ones.
+fn missing_items(
+    store: &dyn MemoryStore,
+    checkpoints: Vec<CheckpointItems<Arc<[ItemId]>>>,
+) -> Result<Vec<CheckpointItems<Vec<ItemId>>>, RuntimeError> {
+    let ids: Vec<ItemId> = checkpoints
+        .iter()
+        .flat_map(|(_, _, items)| items.iter().copied())
+        .collect();
+    let found = store.get_many(&ids)?;
+    let mut found = found.iter();
+    let mut voided = Vec::new();
+    for (round, node, items) in checkpoints {
+        let missing: Vec<ItemId> = items
+            .iter()
+            .zip(found.by_ref())
+            .filter(|(_, item)| item.is_none())
+            .map(|(id, _)| *id)
+            .collect();
+        if !missing.is_empty() {
+            voided.push((round, node, missing));
+        }
+    }
+    Ok(voided)
 }

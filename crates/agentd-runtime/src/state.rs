@@ -128,6 +128,11 @@ impl RunState {
                     usage: *usage,
                 }),
             },
+            EventKind::CheckpointVoided { node, round, .. } => {
+                // Its usage goes with it (the calls stay in the journal as `llm_call` events).
+                self.checkpoints
+                    .retain(|c| !(c.round == *round && *c.node == **node));
+            }
             EventKind::RoundFinished { round, stop } => {
                 if *stop {
                     self.stopped_at = Some(*round);
@@ -214,6 +219,35 @@ mod tests {
                 },
             },
         }
+    }
+
+    #[test]
+    fn a_voided_checkpoint_no_longer_counts_until_the_node_finishes_again() {
+        let ids: Vec<ItemId> = (0..3).map(|_| ItemId::new_v7()).collect();
+        let mut state = RunState::new("r");
+        state.apply(&finished(1, 1, "plan", &ids[..1]));
+        state.apply(&finished(2, 1, "research", &ids[1..2]));
+        state.apply(&Event {
+            run: "r".into(),
+            seq: 3,
+            at_ms: 3,
+            kind: EventKind::CheckpointVoided {
+                node: "plan".into(),
+                round: 1,
+                missing: ids[..1].to_vec(),
+            },
+        });
+        assert!(!state.is_finished(1, "plan"));
+        assert!(state.is_finished(1, "research"));
+        assert_eq!(state.usage().total.calls, 1);
+        state.apply(&finished(4, 1, "plan", &ids[2..3]));
+        assert!(state.is_finished(1, "plan"));
+        let plan: Vec<ItemId> = state
+            .in_round(1)
+            .filter(|c| &*c.node == "plan")
+            .flat_map(|c| c.items.iter().copied())
+            .collect();
+        assert_eq!(plan, ids[2..3]);
     }
 
     #[test]

@@ -71,7 +71,8 @@ pub fn origin_tag(node: &str, round: u32) -> String {
     format!("origin:{node}@{round}")
 }
 
-/// Writes `output` to memory (see the module docs).
+/// Writes `output` to memory (see the module docs). The write is deferred: it is visible at
+/// once, and the caller makes it durable (`MemoryStore::make_durable`) before acknowledging it.
 pub fn write_back(
     store: &dyn MemoryStore,
     target: &WriteTarget<'_>,
@@ -115,7 +116,8 @@ pub fn write_back(
         batch.push(new_item(target, out, kind, coerced, content, &origin));
     }
     if !batch.is_empty() {
-        outcome.written = store.put_batch(batch)?;
+        // Deferred: the runtime makes the write durable alongside the node's checkpoint.
+        outcome.written = store.put_batch_deferred(batch)?;
     }
     Ok(outcome)
 }

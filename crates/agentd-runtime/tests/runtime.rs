@@ -6,9 +6,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use agentd_llm::{ChatRequest, LlmClient, LlmError, ScriptedClient};
+use agentd_memory::embed::Embedder;
 use agentd_memory::embed::HashingEmbedder;
+use agentd_memory::tokens::TokenCounter;
 use agentd_memory::tokens::default_token_counter;
-use agentd_memory::{EmbeddedStore, Filter, Kind, MemoryStore, Page, StoreOptions};
+use agentd_memory::{
+    EmbeddedStore, Filter, ItemId, Kind, MemoryItem, MemoryStore, NamespaceStats, NewItem, Page,
+    SearchHit, SearchQuery, StoreOptions,
+};
 use agentd_router::Policy;
 use agentd_runtime::{
     Agent, AgentError, AgentInput, AgentReply, Document, Durability, EventKind, OutputItem,
@@ -547,6 +552,168 @@ fn an_interrupted_run_resumes_without_redoing_finished_nodes_or_duplicating_item
             .unwrap();
         assert_eq!(items.len(), 1 + 7, "task + one item per node run");
         assert!(runtime.interrupted().is_empty());
+    });
+}
+
+/// A store whose deferred writes from one node go elsewhere: as if a crash lost them after the
+/// journal had synced the node's checkpoint (the two are synced side by side).
+struct LosesNode {
+    inner: Arc<dyn MemoryStore>,
+    elsewhere: Arc<dyn MemoryStore>,
+    node: &'static str,
+}
+
+impl MemoryStore for LosesNode {
+    fn put_batch(&self, items: Vec<NewItem>) -> agentd_memory::Result<Vec<MemoryItem>> {
+        self.inner.put_batch(items)
+    }
+    fn put_batch_deferred(&self, items: Vec<NewItem>) -> agentd_memory::Result<Vec<MemoryItem>> {
+        if items.iter().any(|i| i.producer.node == self.node) {
+            self.elsewhere.put_batch_deferred(items)
+        } else {
+            self.inner.put_batch_deferred(items)
+        }
+    }
+    fn make_durable(&self, seq: u64) -> agentd_memory::Result<()> {
+        self.inner.make_durable(seq)
+    }
+    fn get(&self, id: ItemId) -> agentd_memory::Result<Option<MemoryItem>> {
+        self.inner.get(id)
+    }
+    fn list(&self, filter: &Filter, page: &Page) -> agentd_memory::Result<Vec<MemoryItem>> {
+        self.inner.list(filter, page)
+    }
+    fn count(&self, filter: &Filter) -> agentd_memory::Result<usize> {
+        self.inner.count(filter)
+    }
+    fn history(&self, namespace: &str, key: &str) -> agentd_memory::Result<Vec<MemoryItem>> {
+        self.inner.history(namespace, key)
+    }
+    fn search(
+        &self,
+        query: &SearchQuery<'_>,
+        filter: &Filter,
+        k: usize,
+    ) -> agentd_memory::Result<Vec<SearchHit>> {
+        self.inner.search(query, filter, k)
+    }
+    fn embeddings(&self, ids: &[ItemId]) -> agentd_memory::Result<Vec<Option<Vec<f32>>>> {
+        self.inner.embeddings(ids)
+    }
+    fn delete_namespace(&self, namespace: &str) -> agentd_memory::Result<usize> {
+        self.inner.delete_namespace(namespace)
+    }
+    fn namespaces(&self) -> agentd_memory::Result<Vec<NamespaceStats>> {
+        self.inner.namespaces()
+    }
+    fn last_seq(&self) -> u64 {
+        self.inner.last_seq()
+    }
+    fn embedder(&self) -> &Arc<dyn Embedder> {
+        self.inner.embedder()
+    }
+    fn token_counter(&self) -> &Arc<dyn TokenCounter> {
+        self.inner.token_counter()
+    }
+}
+
+#[test]
+fn a_checkpoint_whose_items_the_store_lost_is_voided_on_resume_and_the_node_runs_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let seen = Arc::new(Mutex::new(HashMap::new()));
+    let build = |store: Arc<dyn MemoryStore>, hang: Option<(String, u32)>| {
+        let mut b = Runtime::builder().data_dir(dir.path()).store(store);
+        for (role, kind) in [
+            ("planner", "plan"),
+            ("researcher", "evidence"),
+            ("answerer", "answer"),
+        ] {
+            b = b.agent(
+                role,
+                Counting {
+                    seen: Arc::clone(&seen),
+                    hang_at: hang.clone(),
+                    kind,
+                },
+            );
+        }
+        b.build().unwrap()
+    };
+
+    // Phase 1: `plan`'s items never reach the store, but its checkpoint is synced; the run
+    // hangs at `research` in round 1 and its process "dies".
+    let lossy: Arc<dyn MemoryStore> = Arc::new(LosesNode {
+        inner: Arc::clone(&store),
+        elsewhere: self::store(other.path()),
+        node: "plan",
+    });
+    let (run_id, lost) = {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let found = rt.block_on(async {
+            let runtime = build(lossy, Some(("research".into(), 1)));
+            let handle = runtime
+                .start(RunRequest::new(workflow(WORKFLOW), "Which river?"))
+                .await
+                .unwrap();
+            let mut events = handle.subscribe();
+            let mut lost = Vec::new();
+            loop {
+                let e = events.recv().await.unwrap();
+                match &e.kind {
+                    EventKind::NodeFinished { node, items, .. } if &**node == "plan" => {
+                        lost = items.to_vec();
+                    }
+                    EventKind::NodeStarted { node, round: 1, .. } if &**node == "research" => {
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            (handle.id().to_owned(), lost)
+        });
+        rt.shutdown_timeout(Duration::from_secs(5));
+        found
+    };
+    assert_eq!(lost.len(), 1, "plan checkpointed one item");
+    assert!(store.get(lost[0]).unwrap().is_none());
+
+    // Phase 2: the resume voids plan's checkpoint, plan runs again, the run finishes.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let runtime = build(Arc::clone(&store), None);
+        assert_eq!(runtime.interrupted(), vec![run_id.clone()]);
+        let handle = runtime.resume(&run_id).await.unwrap();
+        let outcome = handle.wait().await.unwrap();
+        assert_eq!(outcome.status, RunStatus::Finished, "{:?}", outcome.error);
+        assert_eq!(seen.lock().get(&("plan".to_string(), 1)), Some(&2));
+        let events = runtime.events(&run_id).unwrap();
+        let voided: Vec<_> = events
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::CheckpointVoided {
+                    node,
+                    round,
+                    missing,
+                } => Some((node.to_string(), *round, missing.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(voided, vec![("plan".to_string(), 1, lost.clone())]);
+        // The final state has plan's new checkpoint, whose items are in the store.
+        let state = runtime.state(&run_id).unwrap();
+        let plan: Vec<_> = state
+            .checkpoints
+            .iter()
+            .filter(|c| &*c.node == "plan")
+            .collect();
+        assert_eq!(plan.len(), 1);
+        assert_ne!(plan[0].items.to_vec(), lost);
+        for id in plan[0].items.iter() {
+            assert!(store.get(*id).unwrap().is_some());
+        }
     });
 }
 

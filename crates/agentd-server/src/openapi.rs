@@ -125,7 +125,7 @@ pub fn document() -> Value {
                 }}]},
                 "Event": {"type": "object", "description": "One run event: run, seq (the SSE id), at_ms, type and its fields.", "properties": {
                     "run": {"type": "string"}, "seq": {"type": "integer"}, "at_ms": {"type": "integer"},
-                    "type": {"enum": ["run_started", "run_resumed", "round_started", "node_started", "context_routed", "llm_call", "items_written", "node_failed", "node_finished", "round_finished", "run_finished", "run_failed", "run_cancelled"]}
+                    "type": {"enum": ["run_started", "run_resumed", "round_started", "node_started", "context_routed", "llm_call", "items_written", "node_failed", "node_finished", "checkpoint_voided", "round_finished", "run_finished", "run_failed", "run_cancelled"]}
                 }}
             }
         },

@@ -373,6 +373,14 @@ impl EmbeddedStore {
         let log_path = path.join("items").join("db");
         let sled_log = std::fs::File::open(&log_path)
             .map_err(|e| MemoryError::io(format!("opening {}", log_path.display()), e))?;
+        if options.durability == Durability::Fsync {
+            // What sled recovered may include a killed process's writes that only reached the
+            // page cache: make them durable before anything is built on them (everything on
+            // disk counts as durable from here on).
+            sled_log
+                .sync_data()
+                .map_err(|e| MemoryError::io(format!("syncing {}", log_path.display()), e))?;
+        }
         check_meta(&path, &db, &options, created)?;
         if schema < SCHEMA_VERSION && options.embedder.recomputable() {
             write_marker(&path)?;
@@ -1114,6 +1122,14 @@ impl MemoryStore for EmbeddedStore {
 
     fn put_batch_deferred(&self, items: Vec<NewItem>) -> Result<Vec<MemoryItem>> {
         self.write(items, false)
+    }
+
+    fn make_durable(&self, seq: u64) -> Result<()> {
+        if self.durability != Durability::Fsync || seq == 0 {
+            return Ok(());
+        }
+        // Only what was applied can be flushed (a larger number was never handed out).
+        self.sync_through(seq.min(self.applied_seq.load(Ordering::Acquire)))
     }
 
     fn get(&self, id: ItemId) -> Result<Option<MemoryItem>> {

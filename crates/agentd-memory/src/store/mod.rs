@@ -172,10 +172,19 @@ pub trait MemoryStore: Send + Sync {
     /// to the store (a crash keeps a prefix of the writes, so that write's durability covers
     /// them), or are lost to a crash before it.
     ///
-    /// For items that can be written again after a crash and that nothing acknowledges before a
-    /// later durable write, such as a run's task item. The default waits, like `put_batch`.
+    /// For items that can be written again after a crash, or whose writer acknowledges them
+    /// only after [`make_durable`](Self::make_durable) (a node's write-back, made durable
+    /// alongside its checkpoint). The default waits, like `put_batch`.
     fn put_batch_deferred(&self, items: Vec<NewItem>) -> Result<Vec<MemoryItem>> {
         self.put_batch(items)
+    }
+
+    /// Waits until every write up to sequence number `seq` (an item's `seq`, or
+    /// [`last_seq`](Self::last_seq)) is durable: what a deferred write leaves to its caller.
+    /// The default has nothing to wait for (its deferred write is durable already).
+    fn make_durable(&self, seq: u64) -> Result<()> {
+        let _ = seq;
+        Ok(())
     }
 
     /// One item by id (superseded or not).
