@@ -441,7 +441,7 @@ async fn a_role_without_a_prompt_needs_a_rust_agent() {
 
 /// Counts invocations per (node, round); hangs at one (node, round) the first time.
 struct Counting {
-    seen: Arc<Mutex<HashMap<(String, u32), usize>>>,
+    seen: Seen,
     hang_at: Option<(String, u32)>,
     kind: &'static str,
 }
@@ -468,31 +468,41 @@ impl Agent for Counting {
     }
 }
 
+/// Invocation counts per (node, round), shared by the runtimes of one test.
+type Seen = Arc<Mutex<HashMap<(String, u32), usize>>>;
+
+/// A runtime in `dir` over `store` whose three roles are `Counting` agents (hanging at `hang`).
+fn counting_runtime(
+    dir: &std::path::Path,
+    store: Arc<dyn MemoryStore>,
+    seen: &Seen,
+    hang: Option<(String, u32)>,
+) -> Runtime {
+    let mut b = Runtime::builder().data_dir(dir).store(store);
+    for (role, kind) in [
+        ("planner", "plan"),
+        ("researcher", "evidence"),
+        ("answerer", "answer"),
+    ] {
+        b = b.agent(
+            role,
+            Counting {
+                seen: Arc::clone(seen),
+                hang_at: hang.clone(),
+                kind,
+            },
+        );
+    }
+    b.build().unwrap()
+}
+
 #[test]
 fn an_interrupted_run_resumes_without_redoing_finished_nodes_or_duplicating_items() {
     let dir = tempfile::tempdir().unwrap();
     let store = store(dir.path());
     let seen = Arc::new(Mutex::new(HashMap::new()));
-    let build = |hang: Option<(String, u32)>| {
-        let mut b = Runtime::builder()
-            .data_dir(dir.path())
-            .store(Arc::clone(&store));
-        for (role, kind) in [
-            ("planner", "plan"),
-            ("researcher", "evidence"),
-            ("answerer", "answer"),
-        ] {
-            b = b.agent(
-                role,
-                Counting {
-                    seen: Arc::clone(&seen),
-                    hang_at: hang.clone(),
-                    kind,
-                },
-            );
-        }
-        b.build().unwrap()
-    };
+    let build =
+        |hang: Option<(String, u32)>| counting_runtime(dir.path(), Arc::clone(&store), &seen, hang);
 
     // Phase 1: the run hangs in round 2 at `research`; its process "dies" (the tokio runtime is
     // torn down mid-run, the journal keeps what was checkpointed).
@@ -624,22 +634,7 @@ fn a_checkpoint_whose_items_the_store_lost_is_voided_on_resume_and_the_node_runs
     let store = store(dir.path());
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let build = |store: Arc<dyn MemoryStore>, hang: Option<(String, u32)>| {
-        let mut b = Runtime::builder().data_dir(dir.path()).store(store);
-        for (role, kind) in [
-            ("planner", "plan"),
-            ("researcher", "evidence"),
-            ("answerer", "answer"),
-        ] {
-            b = b.agent(
-                role,
-                Counting {
-                    seen: Arc::clone(&seen),
-                    hang_at: hang.clone(),
-                    kind,
-                },
-            );
-        }
-        b.build().unwrap()
+        counting_runtime(dir.path(), store, &seen, hang)
     };
 
     // Phase 1: `plan`'s items never reach the store, but its checkpoint is synced; the run
