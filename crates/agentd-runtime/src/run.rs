@@ -602,8 +602,14 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
                     // between the two leaves a checkpoint whose items may be missing; a
                     // resume voids it (see `Runtime::resume`).
                     let store_seq = node_done.store_seq;
-                    let items_durable =
-                        blocking(cx, move |rt| Ok(rt.store.make_durable(store_seq)?));
+                    // Another node's flush may have covered them already: no thread then.
+                    let covered = cx.rt.store.is_durable(store_seq);
+                    let items_durable = async move {
+                        if covered {
+                            return Ok(());
+                        }
+                        blocking(cx, move |rt| Ok(rt.store.make_durable(store_seq)?)).await
+                    };
                     record_with(
                         &cx.rt,
                         &cx.shared,

@@ -1124,6 +1124,10 @@ impl MemoryStore for EmbeddedStore {
         self.write(items, false)
     }
 
+    fn is_durable(&self, seq: u64) -> bool {
+        self.durability != Durability::Fsync || self.sync.lock().durable >= seq
+    }
+
     fn make_durable(&self, seq: u64) -> Result<()> {
         if self.durability != Durability::Fsync || seq == 0 {
             return Ok(());
@@ -2100,6 +2104,8 @@ mod tests {
             )
             .unwrap();
         assert_eq!(store.write_flushes(), flushes, "no flush of their own");
+        let last = large.last().unwrap().seq;
+        assert!(!store.is_durable(small[0].seq) && !store.is_durable(last));
         // Visible to the very next read and search, like any write.
         assert_eq!(
             store.get(small[0].id).unwrap().unwrap().content,
@@ -2122,6 +2128,16 @@ mod tests {
             .put_batch(vec![NewItem::new("ns", Kind::Note, "durable")])
             .unwrap();
         assert_eq!(store.write_flushes(), flushes + 1);
+        assert!(store.is_durable(last));
+        // make_durable flushes only what is not durable yet.
+        let next = store
+            .put_batch_deferred(vec![NewItem::new("ns", Kind::Note, "one more")])
+            .unwrap();
+        store.make_durable(last).unwrap();
+        assert_eq!(store.write_flushes(), flushes + 1);
+        store.make_durable(next[0].seq).unwrap();
+        assert_eq!(store.write_flushes(), flushes + 2);
+        assert!(store.is_durable(next[0].seq));
         drop(store);
         let store = open_with(dir.path(), hashing()).unwrap();
         assert!(store.get(small[0].id).unwrap().is_some());
@@ -2129,7 +2145,7 @@ mod tests {
             store.count(&Filter::namespace("bulk")).unwrap(),
             large.len()
         );
-        assert_eq!(store.count(&Filter::namespace("ns")).unwrap(), 2);
+        assert_eq!(store.count(&Filter::namespace("ns")).unwrap(), 3);
     }
 
     #[test]

@@ -187,6 +187,14 @@ pub trait MemoryStore: Send + Sync {
         Ok(())
     }
 
+    /// Whether every write up to sequence number `seq` is durable already, so that
+    /// [`make_durable`](Self::make_durable) would return at once (a cheap check, for callers
+    /// that would otherwise hand the wait to another thread). The default says yes.
+    fn is_durable(&self, seq: u64) -> bool {
+        let _ = seq;
+        true
+    }
+
     /// One item by id (superseded or not).
     fn get(&self, id: ItemId) -> Result<Option<MemoryItem>>;
 
