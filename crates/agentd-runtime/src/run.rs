@@ -662,9 +662,9 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
 
 /// Writes the run's task item unless it exists (runs with slots write it once they get one).
 ///
-/// The write is deferred (no fsync of its own): the first node's write-back is durable only
-/// with everything written before it, the task item included, and a run that crashes before
-/// any checkpoint writes its task item again when it resumes.
+/// The write is deferred (no fsync of its own): the first checkpoint makes the store durable
+/// through the sequence number its node saw after writing back, which covers the task item,
+/// and a run that crashes before any checkpoint writes its task item again when it resumes.
 async fn ensure_task_item(cx: &Arc<RunCx>) -> Result<(), RuntimeError> {
     let record = Arc::clone(&cx.record);
     blocking(cx, move |rt| {
