@@ -102,8 +102,8 @@ pub struct ServeReport {
     /// Overhead of the nodes that finish after the first wave, 99th percentile (ms).
     pub after_first_wave_overhead_p99_ms: f64,
     /// p99 of each phase of the overhead (ms): routing, act (prompt, events and client
-    /// queueing beyond the LLM latency), write-back (parsing, store write with its fsync),
-    /// checkpoint (journal group commit).
+    /// queueing beyond the LLM latency), write-back (parsing, the deferred store write),
+    /// checkpoint (the store's flush and the journal's group commit, side by side).
     pub phase_p99_ms: PhaseFigures,
     /// Medians of the same phases (ms).
     pub phase_p50_ms: PhaseFigures,
@@ -270,12 +270,13 @@ fn write_phases(
     phases: &[agentd_server::metrics::NodePhases],
 ) -> anyhow::Result<()> {
     use std::fmt::Write as _;
-    let mut csv = String::from("overhead_ms,routing_ms,act_ms,write_back_ms,checkpoint_ms\n");
+    let mut csv =
+        String::from("overhead_ms,routing_ms,act_ms,write_back_ms,checkpoint_ms,finished_at_ms\n");
     for p in phases {
         let _ = writeln!(
             csv,
-            "{:.3},{:.3},{:.3},{:.3},{:.3}",
-            p.overhead, p.routing, p.act, p.write_back, p.checkpoint
+            "{:.3},{:.3},{:.3},{:.3},{:.3},{:.1}",
+            p.overhead, p.routing, p.act, p.write_back, p.checkpoint, p.finished_at
         );
     }
     std::fs::write(path, csv)
@@ -549,6 +550,7 @@ mod tests {
             act: 0.0,
             write_back: 0.0,
             checkpoint: 0.0,
+            finished_at: 0.0,
         };
         let phases: Vec<_> = [9.0, 7.0, 8.0, 1.0, 2.0, 3.0].map(node).to_vec();
         assert_eq!(wave_figures(&phases, 3), (8.0, 3.0));

@@ -89,10 +89,14 @@ pub struct NodePhases {
     /// Routed context to the LLM call's return, minus the call's own latency (prompt,
     /// events, client queueing).
     pub act: f64,
-    /// The call's return to the items written (parsing, write-back with its store fsync).
+    /// The call's return to the items written (parsing, the deferred store write).
     pub write_back: f64,
-    /// Items written to the synced checkpoint (journal group commit).
+    /// Items written to the synced checkpoint (the store's flush and the journal's group
+    /// commit, side by side).
     pub checkpoint: f64,
+    /// When the checkpoint was published: ms since the overheads were last cleared (or since
+    /// the metrics were created), to place a node's overhead on a timeline.
+    pub finished_at: f64,
 }
 
 /// A run's node clocks, by (node, round).
@@ -109,6 +113,8 @@ struct Inner {
     overhead: Histogram,
     overhead_ring: Vec<NodePhases>,
     ring_next: usize,
+    /// The origin of [`NodePhases::finished_at`].
+    ring_since: Instant,
 }
 
 /// The daemon's metrics.
@@ -130,6 +136,7 @@ impl Default for Metrics {
                 overhead: Histogram::new(SECONDS_BUCKETS),
                 overhead_ring: Vec::new(),
                 ring_next: 0,
+                ring_since: Instant::now(),
             }),
         }
     }
@@ -240,6 +247,7 @@ impl Metrics {
                         act: (ms(clock.routed, clock.called) - clock.llm_secs * 1e3).max(0.0),
                         write_back: ms(clock.called.or(clock.routed), clock.written),
                         checkpoint: ms(clock.written, Some(now)),
+                        finished_at: ms(Some(m.ring_since), Some(now)),
                     };
                     let next = m.ring_next;
                     if m.overhead_ring.len() < OVERHEAD_SAMPLES {
@@ -276,6 +284,7 @@ impl Metrics {
         let mut m = self.inner.lock();
         m.overhead_ring.clear();
         m.ring_next = 0;
+        m.ring_since = Instant::now();
     }
 
     /// Renders every metric in the Prometheus text format.
