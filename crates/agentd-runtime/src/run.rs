@@ -750,6 +750,10 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| RuntimeError::Internal(format!("a blocking task failed: {e}")))?
 }
 
+/// Outputs of at most this many items are written back on the executor thread (see
+/// `attempt_node`).
+const INLINE_WRITE_MAX: usize = 16;
+
 async fn node_actor(
     cx: Arc<RunCx>,
     index: usize,
@@ -968,9 +972,11 @@ async fn attempt_node(
     // 3. Write back.
     let parse = describe_parse(&reply.output.parsed);
     let outcome = {
+        let inline =
+            cx.rt.store.embedder().recomputable() && reply.output.items.len() <= INLINE_WRITE_MAX;
         let workflow = Arc::clone(workflow);
         let record = Arc::clone(record);
-        blocking(cx, move |rt| {
+        let write = move |rt: &Inner| {
             let node = &workflow.nodes[index];
             let target = WriteTarget {
                 namespace: &record.namespace,
@@ -982,8 +988,17 @@ async fn attempt_node(
             };
             let outcome = write_back(rt.store.as_ref(), &target, &reply.output)?;
             Ok((outcome, rt.store.last_seq()))
-        })
-        .await?
+        };
+        // Like routing: a small write-back with a cheap embedder is tens of microseconds of
+        // CPU under the store's short locks (deferred: no fsync), so it runs here rather than
+        // paying two thread wake-ups, and a burst of replies (every run's LLM call returning
+        // at once) does not start a blocking thread each. Model inference, or an output large
+        // enough to fan out across threads, goes to a blocking thread.
+        if inline {
+            write(&cx.rt)?
+        } else {
+            blocking(cx, write).await?
+        }
     };
     let (outcome, store_seq) = outcome;
     let items = outcome.item_ids();
