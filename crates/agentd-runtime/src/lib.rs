@@ -27,6 +27,7 @@
 //! ```
 
 pub mod agent;
+mod durable;
 pub mod event;
 pub mod journal;
 pub mod output;

@@ -601,15 +601,10 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
                     // while the journal syncs the event, and it counts once both are. A crash
                     // between the two leaves a checkpoint whose items may be missing; a
                     // resume voids it (see `Runtime::resume`).
+                    // The store flush is shared: one leads it, the others await it
+                    // (`durable::StoreSync`).
                     let store_seq = node_done.store_seq;
-                    // Another node's flush may have covered them already: no thread then.
-                    let covered = cx.rt.store.is_durable(store_seq);
-                    let items_durable = async move {
-                        if covered {
-                            return Ok(());
-                        }
-                        blocking(cx, move |rt| Ok(rt.store.make_durable(store_seq)?)).await
-                    };
+                    let items_durable = cx.rt.store_sync.durable(&cx.rt.store, store_seq);
                     record_with(
                         &cx.rt,
                         &cx.shared,

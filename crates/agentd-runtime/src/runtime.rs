@@ -247,6 +247,7 @@ impl RuntimeBuilder {
                 active: AtomicUsize::new(0),
                 draining: watch::channel(false).0,
                 event_hook: self.event_hook,
+                store_sync: crate::durable::StoreSync::default(),
                 executor: self.executor,
             }),
         })
@@ -272,6 +273,8 @@ pub(crate) struct Inner {
     /// Set by `Runtime::drain`.
     pub(crate) draining: watch::Sender<bool>,
     pub(crate) event_hook: Option<EventHook>,
+    /// The store flush checkpoints wait for (one for many).
+    pub(crate) store_sync: crate::durable::StoreSync,
     /// Where runs execute (`RuntimeBuilder::executor`); `None`: the caller's runtime.
     executor: Option<tokio::runtime::Handle>,
 }
