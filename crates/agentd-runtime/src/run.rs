@@ -745,10 +745,6 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| RuntimeError::Internal(format!("a blocking task failed: {e}")))?
 }
 
-/// Outputs of at most this many items are written back on the executor thread (see
-/// `attempt_node`).
-const INLINE_WRITE_MAX: usize = 16;
-
 async fn node_actor(
     cx: Arc<RunCx>,
     index: usize,
@@ -967,8 +963,7 @@ async fn attempt_node(
     // 3. Write back.
     let parse = describe_parse(&reply.output.parsed);
     let outcome = {
-        let inline =
-            cx.rt.store.embedder().recomputable() && reply.output.items.len() <= INLINE_WRITE_MAX;
+        let inline = cx.rt.store.quick_write(reply.output.items.len());
         let workflow = Arc::clone(workflow);
         let record = Arc::clone(record);
         let write = move |rt: &Inner| {
@@ -984,11 +979,11 @@ async fn attempt_node(
             let outcome = write_back(rt.store.as_ref(), &target, &reply.output)?;
             Ok((outcome, rt.store.last_seq()))
         };
-        // Like routing: a small write-back with a cheap embedder is tens of microseconds of
-        // CPU under the store's short locks (deferred: no fsync), so it runs here rather than
-        // paying two thread wake-ups, and a burst of replies (every run's LLM call returning
-        // at once) does not start a blocking thread each. Model inference, or an output large
-        // enough to fan out across threads, goes to a blocking thread.
+        // Like routing: a write the store calls quick (one item, a cheap embedder, no long
+        // write under way; deferred, so no fsync) is tens of microseconds of CPU, so it runs
+        // here rather than paying two thread wake-ups, and a burst of replies (every run's LLM
+        // call returning at once) does not start a blocking thread each. Anything else goes
+        // to a blocking thread.
         if inline {
             write(&cx.rt)?
         } else {

@@ -260,6 +260,10 @@ pub struct EmbeddedStore {
     committer: Option<JoinHandle<()>>,
     /// sled flushes made for writes (see [`EmbeddedStore::write_flushes`]).
     write_flushes: std::sync::atomic::AtomicU64,
+    /// Writes that hold the writer lock for long (large batches, namespace deletions), under
+    /// way or waiting for the lock: while there are any, a small write is not quick (see
+    /// `MemoryStore::quick_write`).
+    long_writes: std::sync::atomic::AtomicUsize,
     embedder: Arc<dyn Embedder>,
     token_counter: Arc<dyn TokenCounter>,
     durability: Durability,
@@ -496,6 +500,7 @@ impl EmbeddedStore {
             builder: Some(builder),
             committer: Some(committer),
             write_flushes: std::sync::atomic::AtomicU64::new(0),
+            long_writes: std::sync::atomic::AtomicUsize::new(0),
             embedder: options.embedder,
             token_counter: options.token_counter,
             durability: options.durability,
@@ -866,6 +871,7 @@ impl EmbeddedStore {
     /// sled (with its fsync) and commit the text index side by side, then publish.
     fn put_large(&self, mut stored: Vec<MemoryItem>, sync: bool) -> Result<Vec<MemoryItem>> {
         let mut phases = Phases::start();
+        let _long = LongWrite::enter(self);
         let mut writer = self.writer.lock();
         phases.lap("lock");
         let first_seq = self.assign(&mut writer, &mut stored);
@@ -1128,6 +1134,13 @@ impl MemoryStore for EmbeddedStore {
         self.durability != Durability::Fsync || self.sync.lock().durable >= seq
     }
 
+    /// One item, a recomputable embedding, no long write under way: the write is tokens, a
+    /// hash embedding, text analysis and a few sled inserts, tens of microseconds. (A
+    /// multi-item batch is not quick: sled's batches wait for any flush in progress.)
+    fn quick_write(&self, items: usize) -> bool {
+        items <= 1 && self.embedder.recomputable() && self.long_writes.load(Ordering::Acquire) == 0
+    }
+
     fn make_durable(&self, seq: u64) -> Result<()> {
         if self.durability != Durability::Fsync || seq == 0 {
             return Ok(());
@@ -1275,6 +1288,7 @@ impl MemoryStore for EmbeddedStore {
     }
 
     fn delete_namespace(&self, namespace: &str) -> Result<usize> {
+        let _long = LongWrite::enter(self);
         let writer = self.writer.lock();
         let ids: Vec<(ItemId, u64)> = {
             let state = self.shared.state.read();
@@ -1834,6 +1848,23 @@ fn now_ms() -> u64 {
     Timestamp::now().0
 }
 
+/// Counts a write that holds the writer lock for long, from before it waits for the lock until
+/// it releases it (see `EmbeddedStore::long_writes`).
+struct LongWrite<'a>(&'a EmbeddedStore);
+
+impl<'a> LongWrite<'a> {
+    fn enter(store: &'a EmbeddedStore) -> Self {
+        store.long_writes.fetch_add(1, Ordering::AcqRel);
+        LongWrite(store)
+    }
+}
+
+impl Drop for LongWrite<'_> {
+    fn drop(&mut self) {
+        self.0.long_writes.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Counts a small write until its batch is applied (or it fails); then wakes a flushing writer
 /// that waits for it.
 struct Unapplied<'a>(&'a EmbeddedStore);
@@ -2086,6 +2117,33 @@ mod tests {
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(100), "{waited:?}");
         assert!(waited < Duration::from_secs(60), "{waited:?}");
+    }
+
+    #[test]
+    fn a_write_is_quick_only_alone_with_a_recomputable_embedding_and_no_long_write_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open_with(&dir.path().join("hashing"), hashing()).unwrap();
+        assert!(store.quick_write(0));
+        assert!(store.quick_write(1));
+        assert!(!store.quick_write(2), "sled batches wait for flushes");
+        {
+            let _large_batch = LongWrite::enter(&store);
+            assert!(!store.quick_write(1), "it would wait for the long write");
+        }
+        assert!(store.quick_write(1));
+        // A large batch counts while it runs (and not after).
+        let items: Vec<NewItem> = (0..PARALLEL_COMMIT_MIN)
+            .map(|i| NewItem::new("ns", Kind::Document, format!("document {i}")))
+            .collect();
+        store.put_batch(items).unwrap();
+        assert_eq!(store.long_writes.load(Ordering::Acquire), 0);
+        assert!(store.quick_write(1));
+
+        let store = open_with(&dir.path().join("stored"), stored(8)).unwrap();
+        assert!(
+            !store.quick_write(1),
+            "stored embeddings may come from a model"
+        );
     }
 
     #[test]

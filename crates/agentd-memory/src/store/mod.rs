@@ -187,6 +187,17 @@ pub trait MemoryStore: Send + Sync {
         Ok(())
     }
 
+    /// Whether a deferred write of `items` items would now take microseconds and wait for
+    /// nothing but other short writes: no model inference, no large batch or deletion under
+    /// way, no flush to wait for. A caller on an async executor may then write on its own
+    /// thread instead of handing the write to a blocking thread (two thread wake-ups). A hint,
+    /// true when asked: a long write starting meanwhile makes the write wait for it. The
+    /// default says no.
+    fn quick_write(&self, items: usize) -> bool {
+        let _ = items;
+        false
+    }
+
     /// Whether every write up to sequence number `seq` is durable already, so that
     /// [`make_durable`](Self::make_durable) would return at once (a cheap check, for callers
     /// that would otherwise hand the wait to another thread). The default says yes.
