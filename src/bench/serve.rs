@@ -518,7 +518,7 @@ mod tests {
         let mut lines = csv.lines();
         assert_eq!(
             lines.next(),
-            Some("overhead_ms,routing_ms,act_ms,write_back_ms,checkpoint_ms")
+            Some("overhead_ms,routing_ms,act_ms,write_back_ms,checkpoint_ms,finished_at_ms")
         );
         let rows: Vec<Vec<f64>> = lines
             .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
@@ -526,7 +526,12 @@ mod tests {
         assert_eq!(rows.len(), 36);
         assert!(
             rows.iter()
-                .all(|r| r.len() == 5 && r.iter().all(|v| *v >= 0.0))
+                .all(|r| r.len() == 6 && r.iter().all(|v| *v >= 0.0))
+        );
+        // Rows are in finishing order: their finish times never go back (printed to 0.1 ms).
+        assert!(
+            rows.windows(2).all(|w| w[0][5] <= w[1][5]),
+            "finish times out of order"
         );
         // The first wave is the first `max_running` (8) rows, in finishing order.
         let mut first: Vec<f64> = rows[..8].iter().map(|r| r[0]).collect();

@@ -155,8 +155,9 @@ pub struct Gauges {
 impl Metrics {
     /// Observes one event (the runtime's event hook calls this).
     pub fn observe(&self, event: &Event) {
-        let now = Instant::now();
         let mut m = self.inner.lock();
+        // Read under the lock, so the overhead ring's finish times follow its order.
+        let now = Instant::now();
         match &event.kind {
             EventKind::RunStarted { .. } => m.runs_started += 1,
             EventKind::NodeStarted { node, round, .. } => {
