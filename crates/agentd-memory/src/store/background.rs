@@ -12,7 +12,9 @@
 //! inversion; a bench serve run showed 100 ms stalls when the text committer ran nice), and a
 //! thread cannot raise its priority back unprivileged. So the text committer and the HNSW
 //! builder, which take the tail's and the catalog's locks, keep the caller's priority; the
-//! committer mostly waits for tantivy's threads, which do the indexing.
+//! committer mostly waits for tantivy's threads, which do the indexing. tantivy starts new
+//! indexing threads at every commit from the committing thread, so each commit lowers them
+//! again by name ([`lower_priority_of_threads`]) before giving them documents.
 //!
 //! On Linux the nice value is a per-thread attribute, inherited by the threads a thread
 //! starts; elsewhere these functions do nothing.
@@ -30,6 +32,54 @@ pub(crate) fn lower_priority() {
     unsafe {
         libc::nice(NICE_INCREMENT);
     }
+}
+
+/// Lowers to background priority (a nice value [`NICE_INCREMENT`] above the caller's) every
+/// thread of this process whose name starts with one of `prefixes` and that runs at a higher
+/// priority:
+/// for threads a library starts from whichever thread calls it (tantivy starts new indexing
+/// threads at every commit, from the committing thread). Threads that fail to change (gone,
+/// forbidden) are left as they are. Reads `/proc/self/task`: tens of small reads, for a call
+/// made once per commit, not per write.
+pub(crate) fn lower_priority_of_threads(prefixes: &[&str]) {
+    #[cfg(target_os = "linux")]
+    {
+        let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+            return;
+        };
+        // The kernel keeps the first 15 bytes of a thread's name.
+        let matches = |name: &str| {
+            prefixes
+                .iter()
+                .any(|p| name.starts_with(p.get(..15).unwrap_or(p)))
+        };
+        // SAFETY: plain integers in and out; on Linux `getpriority(PRIO_PROCESS, 0)` reads
+        // the calling thread's nice value.
+        let target = (unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) } + NICE_INCREMENT).min(19);
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|name| name.parse::<libc::id_t>().ok())
+            else {
+                continue;
+            };
+            match std::fs::read_to_string(task.path().join("comm")) {
+                Ok(name) if matches(&name) => {}
+                _ => continue,
+            }
+            // SAFETY: plain integers; `tid` names a thread of this process (or, if it has
+            // exited and its id was reused meanwhile, the call fails or nices a thread of
+            // ours: thread ids of a process are its tasks).
+            unsafe {
+                if libc::getpriority(libc::PRIO_PROCESS, tid) < target {
+                    libc::setpriority(libc::PRIO_PROCESS, tid, target);
+                }
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = prefixes;
 }
 
 /// Runs `work` on a new thread at background priority and returns its result: threads that
@@ -55,6 +105,43 @@ mod tests {
         // SAFETY: plain integers in and out; `getpriority` may return -1 legitimately, so a
         // test only compares values it knows are in range.
         unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
+    }
+
+    #[test]
+    fn threads_named_with_the_prefix_are_lowered_and_others_are_not() {
+        let parent = nice();
+        let expected = (parent + NICE_INCREMENT).min(19);
+        let spawn = |name: &str| {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (ready_tx, ready_rx) = std::sync::mpsc::channel::<()>();
+            let handle = std::thread::Builder::new()
+                .name(name.to_owned())
+                .spawn(move || {
+                    ready_tx.send(()).unwrap();
+                    rx.recv().unwrap();
+                    nice()
+                })
+                .unwrap();
+            ready_rx.recv().unwrap();
+            (tx, handle)
+        };
+        // Names longer than the kernel keeps (15 bytes), as tantivy's are.
+        let (stop_match, matching) = spawn("agentd-test-lowered-worker");
+        let (stop_other, other) = spawn("agentd-test-kept");
+        lower_priority_of_threads(&["agentd-test-lowered", "agentd-test-absent"]);
+        stop_match.send(()).unwrap();
+        stop_other.send(()).unwrap();
+        assert_eq!(
+            matching.join().unwrap(),
+            expected,
+            "the named thread is lowered"
+        );
+        assert_eq!(
+            other.join().unwrap(),
+            parent,
+            "another thread keeps its priority"
+        );
+        assert_eq!(nice(), parent, "the caller keeps its priority");
     }
 
     #[test]

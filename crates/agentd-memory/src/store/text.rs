@@ -61,6 +61,13 @@ const MAX_QUERY_TERMS: usize = 48;
 const WRITER_HEAP_BYTES: usize = 96 * 1024 * 1024;
 /// The tail is committed once it holds this many documents...
 pub(crate) const TAIL_MAX_DOCS: usize = 1024;
+/// The name of tantivy's indexing threads (`thrd-tantivy-index{N}`) as the OS keeps it
+/// (15 bytes).
+const INDEXING_THREAD: &str = "thrd-tantivy-in";
+/// The prefix of tantivy's merge threads (`merge_thread_{N}`).
+const MERGE_THREAD: &str = "merge_thread_";
+/// tantivy's segment updater thread.
+const UPDATER_THREAD: &str = "segment_updater";
 /// ...or this many tokens.
 pub(crate) const TAIL_MAX_TOKENS: u64 = 1 << 20;
 
@@ -507,6 +514,13 @@ impl TextIndex {
             .max()
             .unwrap_or(0);
         phases.lap("text_freeze");
+        // tantivy's threads are background work, but every commit (`prepare_commit`) starts
+        // new indexing threads from the committing thread, at its priority, and a rollback
+        // new merge threads too: they are lowered here, before they get documents. (A
+        // commit's indexing took up to both cores for tens of ms, and the checkpoints waiting
+        // for the cores meanwhile were the load benchmark's p99.) Not right after they start:
+        // a new thread names itself, so it may not bear its name yet.
+        background::lower_priority_of_threads(&[INDEXING_THREAD, MERGE_THREAD, UPDATER_THREAD]);
         let result = (|| -> Result<Searcher> {
             for doc in documents {
                 writer.add_document(doc)?;
