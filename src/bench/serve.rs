@@ -54,8 +54,8 @@ pub struct ServeBenchArgs {
     /// The daemon's `commit.store_delay_ms` (default: the daemon's default).
     #[arg(long)]
     pub store_delay_ms: Option<f64>,
-    /// Also write every measured node's overhead and phases (ms), one CSV row per node in
-    /// the order the nodes finished, to this file: shows where in the run the tail happens
+    /// Also write every measured node's overhead, phases and finish time (ms; the finish
+    /// time since the warm-up), one CSV row per node in the order the nodes finished, to this file: shows where in the run the tail happens
     /// (the first nodes run during the submission burst).
     #[arg(long, value_name = "FILE")]
     pub phases_out: Option<std::path::PathBuf>,
