@@ -1136,7 +1136,9 @@ impl MemoryStore for EmbeddedStore {
 
     /// One item, a recomputable embedding, no long write under way: the write is tokens, a
     /// hash embedding, text analysis and a few sled inserts, tens of microseconds. (A
-    /// multi-item batch is not quick: sled's batches wait for any flush in progress.)
+    /// multi-item batch is not quick: sled's batches wait for any flush in progress. Once one
+    /// has run, sled's inserts also take the shared side of the lock such a batch holds, so a
+    /// quick write can then wait behind one for a flush, about a millisecond: accepted.)
     fn quick_write(&self, items: usize) -> bool {
         items <= 1 && self.embedder.recomputable() && self.long_writes.load(Ordering::Acquire) == 0
     }
