@@ -600,9 +600,8 @@ async fn orchestrate(cx: &Arc<RunCx>) -> Result<RunStatus, RuntimeError> {
                     // The checkpoint: the node's items (written deferred) are made durable
                     // while the journal syncs the event, and it counts once both are. A crash
                     // between the two leaves a checkpoint whose items may be missing; a
-                    // resume voids it (see `Runtime::resume`).
-                    // The store flush is shared: one leads it, the others await it
-                    // (`durable::StoreSync`).
+                    // resume voids it (see `Runtime::resume`). The store flush is shared:
+                    // one checkpoint leads it, the others await it (`durable::StoreSync`).
                     let store_seq = node_done.store_seq;
                     let items_durable = cx.rt.store_sync.durable(&cx.rt.store, store_seq);
                     record_with(

@@ -36,9 +36,8 @@ pub(crate) fn lower_priority() {
 
 /// Lowers to background priority (a nice value [`NICE_INCREMENT`] above the caller's) every
 /// thread of this process whose name starts with one of `prefixes` and that runs at a higher
-/// priority:
-/// for threads a library starts from whichever thread calls it (tantivy starts new indexing
-/// threads at every commit, from the committing thread). Threads that fail to change (gone,
+/// priority: for threads a library starts from whichever thread calls it (tantivy starts new
+/// indexing threads at every commit, from the committing thread). Threads that fail to change (gone,
 /// forbidden) are left as they are. Reads `/proc/self/task`: tens of small reads, for a call
 /// made once per commit, not per write.
 pub(crate) fn lower_priority_of_threads(prefixes: &[&str]) {

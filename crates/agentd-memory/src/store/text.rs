@@ -61,6 +61,8 @@ const MAX_QUERY_TERMS: usize = 48;
 const WRITER_HEAP_BYTES: usize = 96 * 1024 * 1024;
 /// The tail is committed once it holds this many documents...
 pub(crate) const TAIL_MAX_DOCS: usize = 1024;
+/// ...or this many tokens.
+pub(crate) const TAIL_MAX_TOKENS: u64 = 1 << 20;
 /// The name of tantivy's indexing threads (`thrd-tantivy-index{N}`) as the OS keeps it
 /// (15 bytes).
 const INDEXING_THREAD: &str = "thrd-tantivy-in";
@@ -68,8 +70,6 @@ const INDEXING_THREAD: &str = "thrd-tantivy-in";
 const MERGE_THREAD: &str = "merge_thread_";
 /// tantivy's segment updater thread.
 const UPDATER_THREAD: &str = "segment_updater";
-/// ...or this many tokens.
-pub(crate) const TAIL_MAX_TOKENS: u64 = 1 << 20;
 
 /// Field handles of the index schema.
 #[derive(Clone, Copy)]
